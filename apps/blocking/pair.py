@@ -1,0 +1,87 @@
+"""C11: does a blocking call in `async def` stall the server, and does to_thread fix it?"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from apps.deps.pair import stalls_loop
+from harness.pairs import Pair, Records, Variant, Verdict, fmt, inconclusive, missing_variants, ratio
+
+# to_thread "fixes" it when it serves at least this many times the blocking throughput.
+FIX_FACTOR = 1.5
+
+
+def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:
+    missing = missing_variants(records, ["async-blocking", "async-to-thread"])
+    if missing:
+        return inconclusive(missing)
+    blocking, threaded = records["async-blocking"], records["async-to-thread"]
+    block_ms = knobs["block_ms"]
+    figures = {
+        "rps_ratio": ratio(threaded["rps"], blocking["rps"]),
+        "blocking_rps": blocking["rps"],
+        "loop_ceiling_rps": 1000 / block_ms,
+        "blocking_ping_p99_ms": blocking["ping_p99_ms"],
+        "threaded_ping_p99_ms": threaded["ping_p99_ms"],
+    }
+    stalls = stalls_loop(blocking["ping_p99_ms"], threaded["ping_p99_ms"])
+    fixes = (figures["rps_ratio"] or 0.0) >= FIX_FACTOR
+    says = (
+        f"a {block_ms} ms blocking call in `async def` capped throughput at {fmt(blocking['rps'], 'req/s')} "
+        f"(one call at a time: at most {fmt(1000 / block_ms, 'req/s')}) with /ping p99 "
+        f"{fmt(blocking['ping_p99_ms'], 'ms')}; `asyncio.to_thread` served {fmt(figures['rps_ratio'], 'x')} that "
+        f"with /ping p99 {fmt(threaded['ping_p99_ms'], 'ms')}"
+    )
+    if stalls and fixes:
+        return Verdict("holds", f"Holds: {says}.", figures)
+    if stalls:
+        return Verdict(
+            "partly holds", f"The call blocks the loop, but to_thread did not lift throughput here: {says}.", figures
+        )
+    return Verdict("does not hold", f"Does not hold in this run: {says}.", figures)
+
+
+PAIR = Pair(
+    name="blocking",
+    claim_id="C11",
+    claim="A blocking call such as time.sleep in `async def` blocks the whole server; `asyncio.to_thread` fixes it.",
+    sources=("002", "003", "004"),
+    mechanism=(
+        "An `async def` endpoint runs on the event loop, so a blocking call holds the loop for its "
+        "whole duration: one request at a time, at most 1000/block_ms per second, and /ping waits "
+        "behind it. `asyncio.to_thread` moves the call to the loop's default executor, "
+        "min(32, CPUs + 4) threads, which raises the ceiling to that many calls at once; a `def` "
+        "endpoint uses anyio's 40 worker threads instead."
+    ),
+    decided_by=(
+        f"Throughput and /ping p99. Holds when the blocking variant stalls /ping (as in `deps`) and "
+        f"to_thread serves >= {FIX_FACTOR:g}x its throughput."
+    ),
+    variants=(
+        Variant(
+            "async-blocking",
+            "bad",
+            "/async-blocking/items/{id}",
+            "`async def` endpoint making the blocking call directly",
+            ("blocking_lookup", "async_blocking_item"),
+        ),
+        Variant(
+            "async-to-thread",
+            "good",
+            "/async-to-thread/items/{id}",
+            "`async def` endpoint awaiting `asyncio.to_thread` on the same call",
+            ("async_to_thread_item",),
+        ),
+        Variant(
+            "sync-def",
+            "reference",
+            "/sync-def/items/{id}",
+            "`def` endpoint making the same call in anyio's worker threads",
+            ("sync_def_item",),
+        ),
+    ),
+    knobs={"block_ms": 10},
+    decide=decide,
+    order=3,
+)

@@ -1,0 +1,167 @@
+"""From a variant's raw files to its summary record, and from records to verdicts.
+
+Only stored files are read, so `bench.py report` can rebuild everything later.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.pairs import Pair, Verdict
+from harness.store import read_json
+
+# Fields every record carries; None when the variant produced no measurement.
+RECORD_FIELDS = [
+    "pair",
+    "variant",
+    "role",
+    "status",
+    "error",
+    "requests",
+    "failures",
+    "failure_rate",
+    "rps",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "max_ms",
+    "ping_samples",
+    "ping_p50_ms",
+    "ping_p99_ms",
+    "ping_max_ms",
+    "ping_failures",
+    "peak_connections",
+    "mean_connections",
+    "baseline_connections",
+    "settled_connections",
+    "server_cpu_pct",
+    "server_rss_mb_peak",
+    "measured_s",
+    "users",
+    "top_failures",
+]
+
+
+def empty_record(meta: dict[str, Any]) -> dict[str, Any]:
+    record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
+    record |= {
+        "pair": meta["pair"],
+        "variant": meta["variant"],
+        "role": meta["role"],
+        "status": meta.get("status", "failed"),
+    }
+    record["error"] = meta.get("error")
+    return record
+
+
+def measured_window(folder: Path) -> tuple[float, float] | None:
+    phases_file = folder / "phases.json"
+    if not phases_file.is_file():
+        return None
+    phases = json.loads(phases_file.read_text())
+    if "measure_start" not in phases or "load_stop" not in phases:
+        return None
+    return float(phases["measure_start"]), float(phases["load_stop"])
+
+
+def _in_window(frame: pd.DataFrame, column: str, window: tuple[float, float]) -> pd.DataFrame:
+    return frame[(frame[column] >= window[0]) & (frame[column] <= window[1])]
+
+
+def _locust_totals(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
+    stats = pd.read_csv(folder / "locust_stats.csv")
+    total = stats[stats["Name"] == "Aggregated"].iloc[0]
+    requests, failures = int(total["Request Count"]), int(total["Failure Count"])
+    out: dict[str, Any] = {
+        "requests": requests,
+        "failures": failures,
+        "failure_rate": failures / requests if requests else 0.0,
+        # Over the measured window, not Locust's first-to-last response span, which
+        # shrinks to nothing when every request times out at once.
+        "rps": requests / (window[1] - window[0]),
+        "p50_ms": float(total["50%"]),
+        "p95_ms": float(total["95%"]),
+        "p99_ms": float(total["99%"]),
+        "max_ms": float(total["Max Response Time"]),
+        "top_failures": [],
+    }
+    failures_file = folder / "locust_failures.csv"
+    if failures_file.is_file():
+        frame = pd.read_csv(failures_file)
+        if not frame.empty:
+            frame = frame.sort_values("Occurrences", ascending=False).head(3)
+            out["top_failures"] = [[str(e), int(n)] for e, n in zip(frame["Error"], frame["Occurrences"], strict=True)]
+    return out
+
+
+def _probe(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
+    probe = _in_window(pd.read_csv(folder / "probe.csv"), "intended", window)
+    ok = probe[probe["status"] == 200]
+    latency = ok["latency_ms"]
+    return {
+        "ping_samples": len(probe),
+        "ping_p50_ms": float(latency.quantile(0.50)) if len(ok) else None,
+        "ping_p99_ms": float(latency.quantile(0.99)) if len(ok) else None,
+        "ping_max_ms": float(latency.max()) if len(ok) else None,
+        "ping_failures": int(len(probe) - len(ok)),
+    }
+
+
+def _connections(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
+    samples = _in_window(pd.read_csv(folder / "connections.csv"), "time", window)
+    counted = samples.dropna(subset=["total"])
+    return {
+        "peak_connections": int(counted["total"].max()) if len(counted) else None,
+        "mean_connections": float(counted["total"].mean()) if len(counted) else None,
+        "server_cpu_pct": float(samples["server_cpu_pct"].mean()) if samples["server_cpu_pct"].notna().any() else None,
+        "server_rss_mb_peak": float(samples["server_rss_mb"].max()) if samples["server_rss_mb"].notna().any() else None,
+    }
+
+
+def summarize_variant(folder: Path) -> dict[str, Any]:
+    """The summary record of one variant, from its raw files."""
+    meta = read_json(folder / "variant.json")
+    record = empty_record(meta)
+    record["baseline_connections"] = meta.get("baseline_connections")
+    record["settled_connections"] = meta.get("settled_connections")
+    record["users"] = meta.get("users")
+    if meta.get("status") != "ok":
+        return record
+    window = measured_window(folder)
+    if window is None:
+        record |= {"status": "failed", "error": meta.get("error") or "load never reached its measured phase"}
+        return record
+    record |= _locust_totals(folder, window)
+    record |= _probe(folder, window)
+    record |= _connections(folder, window)
+    record["measured_s"] = round(window[1] - window[0], 2)
+    return record
+
+
+def load_records(run_dir: Path, pairs: list[Pair]) -> list[dict[str, Any]]:
+    """Records for every variant folder that was written completely, in pair order."""
+    records = []
+    for pair in pairs:
+        for variant in pair.variants:
+            folder = run_dir / pair.name / variant.name
+            if not (folder / "variant.json").is_file():
+                continue
+            try:
+                records.append(summarize_variant(folder))
+            except (OSError, ValueError, KeyError, IndexError, pd.errors.ParserError) as err:
+                warnings.warn(f"skipping {pair.name}/{variant.name}: incomplete raw data ({err})", stacklevel=2)
+    return records
+
+
+def verdicts(records: list[dict[str, Any]], pairs: list[Pair], knobs: dict[str, dict[str, int]]) -> dict[str, Verdict]:
+    out = {}
+    for pair in pairs:
+        mine = {r["variant"]: r for r in records if r["pair"] == pair.name}
+        if mine:
+            out[pair.name] = pair.decide(mine, knobs.get(pair.name, pair.knobs))
+    return out

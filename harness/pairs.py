@@ -1,0 +1,163 @@
+"""Pairs and variants: what the suite measures, discovered from apps/*/pair.py.
+
+A pair is one folder under apps/: `app.py` holds the FastAPI variants side by side,
+`pair.py` declares a module-level PAIR: the claim it tests, its variants and their
+roles, its knobs, and the rule that turns this run's numbers into a verdict.
+Adding a pair touches nothing else.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS_DIR = ROOT / "apps"
+
+Role = Literal["bad", "good", "reference"]
+Outcome = Literal["holds", "does not hold", "partly holds", "inconclusive"]
+
+# A summary record (one per variant, as stored in summary.json), keyed by variant name.
+Records = Mapping[str, Mapping[str, Any]]
+
+
+class BenchError(Exception):
+    """A problem the user can fix; shown as one line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class Article:
+    key: str
+    title: str
+
+
+# The articles the claims come from (../shared/seeds); quoted by title only.
+ARTICLES = {
+    "000": Article("000", "Async generator dependencies in FastAPI: Performance & Optimization"),
+    "001": Article("001", "Async generator dependencies in FastAPI: Deep Dive"),
+    "002": Article("002", "FastAPI dependency injection and background task bottlenecks"),
+    "003": Article("003", "Async Patterns in FastAPI: Beyond the Basics"),
+    "004": Article("004", "High latency in FastAPI: causes and fixes"),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    role: Role
+    path: str  # URL template with {id}, e.g. "/sync-dep/items/{id}"
+    summary: str  # one line: what this variant does
+    code: tuple[str, ...]  # names of functions in app.py shown in the report
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: Outcome
+    text: str  # one or two sentences, built from this run's figures
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+VerdictRule = Callable[[Records, Mapping[str, Any]], Verdict]
+
+
+@dataclass(frozen=True)
+class Pair:
+    name: str
+    claim_id: str
+    claim: str
+    sources: tuple[str, ...]  # keys into ARTICLES
+    mechanism: str  # prose: why the numbers come out as they do
+    decided_by: str  # prose: the metric and rule that decide the verdict
+    variants: tuple[Variant, ...]
+    decide: VerdictRule
+    knobs: dict[str, int] = field(default_factory=dict)
+    order: int = 100  # position in listings and the report
+
+    @property
+    def app(self) -> str:
+        return f"apps.{self.name}.app:app"
+
+    @property
+    def app_file(self) -> Path:
+        return APPS_DIR / self.name / "app.py"
+
+    def variant(self, name: str) -> Variant:
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        raise BenchError(
+            f"pair {self.name!r} has no variant {name!r}{_did_you_mean(name, [v.name for v in self.variants])}"
+        )
+
+    def code_excerpt(self, variant: Variant) -> str:
+        """The source of the variant's functions in app.py, decorators included."""
+        source = self.app_file.read_text()
+        lines = source.splitlines()
+        found: dict[str, str] = {}
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in variant.code:
+                start = min([d.lineno for d in node.decorator_list] + [node.lineno]) - 1
+                found[node.name] = "\n".join(lines[start : node.end_lineno])
+        missing = [name for name in variant.code if name not in found]
+        if missing:
+            raise BenchError(f"{self.app_file}: no function named {', '.join(missing)} for variant {variant.name!r}")
+        return "\n\n\n".join(found[name] for name in variant.code)
+
+
+def _did_you_mean(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (choose from {', '.join(choices)})"
+
+
+def discover() -> dict[str, Pair]:
+    """Every pair under apps/, in declared order."""
+    pairs: dict[str, Pair] = {}
+    for pair_file in sorted(APPS_DIR.glob("*/pair.py")):
+        module = importlib.import_module(f"apps.{pair_file.parent.name}.pair")
+        pair = module.PAIR
+        if pair.name != pair_file.parent.name:
+            raise BenchError(f"{pair_file}: PAIR.name is {pair.name!r}, expected the folder name")
+        pairs[pair.name] = pair
+    return dict(sorted(pairs.items(), key=lambda item: (item[1].order, item[0])))
+
+
+def select(names: list[str] | None) -> list[Pair]:
+    """The pairs named on the command line (all when none), with a hint for typos."""
+    pairs = discover()
+    if not names:
+        return list(pairs.values())
+    unknown = [name for name in names if name not in pairs]
+    if unknown:
+        raise BenchError(f"unknown pair {unknown[0]!r}{_did_you_mean(unknown[0], list(pairs))}")
+    return [pairs[name] for name in dict.fromkeys(names)]
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """numerator / denominator, or None when either is missing or the denominator is 0."""
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return numerator / denominator
+
+
+def missing_variants(records: Records, names: list[str]) -> list[str]:
+    """Variants a verdict needs that have no usable measurement in this run."""
+    return [name for name in names if name not in records or records[name].get("status") != "ok"]
+
+
+def inconclusive(missing: list[str]) -> Verdict:
+    return Verdict("inconclusive", f"No verdict: {', '.join(missing)} did not produce a measurement in this run.")
+
+
+def fmt(value: float | None, unit: str = "", digits: int = 0) -> str:
+    """A figure for a sentence: '12 ms', '0.04x', 'n/a'."""
+    if value is None:
+        return "n/a"
+    if unit == "x":
+        return f"{value:.2f}x" if value < 10 else f"{value:.0f}x"
+    text = f"{value:,.{digits}f}"
+    return f"{text} {unit}".strip()

@@ -1,0 +1,336 @@
+"""The runner: a pipeline of small steps per variant.
+
+    provision database -> for each variant:
+        baseline -> start server -> verify -> load (warm-up + measured) with sampler
+        and probe -> stop server -> settle backends -> store record
+    -> summary -> report
+
+Every step that can hang has a deadline. A variant that fails is recorded with its
+reason and the run goes on; each variant's files are on disk before the next starts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import analysis, database, report, store
+from harness.database import Database
+from harness.pairs import ROOT, BenchError, Pair, Variant
+from harness.procs import Interrupted, ManagedProcess, free_port, http_ok, log_tail, python_bin
+from harness.sampling import ConnectionSampler, Probe
+from harness.scenario import Scenario
+
+LOCUSTFILE = ROOT / "scenarios" / "locustfile.py"
+# Where the embedded server keeps its data between runs (git-ignored).
+PG_HOME = Path(os.environ.get("BENCH_PG_HOME", ROOT / ".bench"))
+
+
+@dataclass
+class RunPlan:
+    scenario: Scenario
+    pairs: list[Pair]
+    knobs: dict[str, dict[str, int]]  # pair -> knobs in force
+    dsn: str | None
+    run_dir: Path
+    write_top_report: bool
+    command: list[str] = field(default_factory=list)
+
+
+def resolve_knobs(pairs: list[Pair], settings: list[str]) -> dict[str, dict[str, int]]:
+    """Each pair's default knobs with `--set KEY=VALUE` applied where the pair has KEY."""
+    knobs = {pair.name: dict(pair.knobs) for pair in pairs}
+    for setting in settings:
+        key, sep, raw = setting.partition("=")
+        if not sep or not key:
+            raise BenchError(f"--set takes KEY=VALUE, got {setting!r}")
+        owners = [name for name, values in knobs.items() if key in values]
+        if not owners:
+            known = sorted({k for values in knobs.values() for k in values})
+            raise BenchError(f"unknown knob {key!r} for the selected pairs (knobs: {', '.join(known) or 'none'})")
+        try:
+            value = int(raw)
+        except ValueError:
+            raise BenchError(f"--set {key} needs a whole number, got {raw!r}") from None
+        if value <= 0:
+            raise BenchError(f"--set {key} must be greater than 0, got {value}")
+        for name in owners:
+            knobs[name][key] = value
+    return knobs
+
+
+class Progress:
+    """One line per phase; while load runs, a countdown (in place on a terminal)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.index = total, 0
+        self.tty = sys.stderr.isatty()
+        self.label = ""
+        self._last_line = time.monotonic()
+
+    def variant(self, pair: str, variant: str) -> None:
+        self.index += 1
+        self.label = f"[{self.index}/{self.total}] {pair}/{variant}"
+
+    def say(self, text: str) -> None:
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+        print(f"{self.label}  {text}", file=sys.stderr, flush=True)
+
+    def tick(self, text: str) -> None:
+        if self.tty:
+            sys.stderr.write(f"\r\033[K{self.label}  {text}")
+            sys.stderr.flush()
+        elif time.monotonic() - self._last_line >= 10:  # logs get a line every 10 s
+            print(f"{self.label}  {text}", file=sys.stderr, flush=True)
+            self._last_line = time.monotonic()
+
+
+# --- the steps --------------------------------------------------------------------------
+
+
+def start_server(
+    pair: Pair, variant: Variant, knobs: dict[str, int], db: Database, folder: Path, scenario: Scenario
+) -> tuple[ManagedProcess, int]:
+    port = free_port()
+    env = os.environ | {
+        "BENCH_DSN": db.dsn,
+        "BENCH_VARIANT": variant.name,
+        "BENCH_KNOBS": json.dumps(knobs),
+        "PYTHONPATH": str(ROOT),
+    }
+    server = ManagedProcess(
+        f"{pair.name}/{variant.name} server",
+        [
+            python_bin(),
+            "-m",
+            "uvicorn",
+            pair.app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--timeout-graceful-shutdown",
+            "3",
+        ],
+        folder / "server.log",
+        env,
+        ROOT,
+    )
+    server.start()
+    try:
+        server.wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/ping"), scenario.start_timeout_s, "answering /ping")
+    except BaseException:
+        server.stop()
+        raise
+    return server, port
+
+
+def verify(port: int, variant: Variant, db: Database, rows: int) -> dict[str, Any]:
+    """One request for a random seeded row: status 200 and exactly that row as JSON.
+    One only: the leaky pool variant loses a connection per request by design."""
+    item_id = random.randint(1, rows)
+    expected = database.fetch_row(db, item_id)
+    url = f"http://127.0.0.1:{port}{variant.path.format(id=item_id)}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            status, body = resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        status, body = err.code, err.read()
+    except OSError as err:
+        raise BenchError(f"verification request to {variant.path} failed: {err}") from None
+    try:
+        got = json.loads(body)
+    except ValueError:
+        got = body[:200].decode(errors="replace")
+    if status != 200 or got != expected:
+        raise BenchError(f"verification failed for id {item_id}: status {status}, body {got!r}, expected {expected!r}")
+    return {"id": item_id, "status": status, "body": got}
+
+
+def run_load(
+    port: int, variant: Variant, scenario: Scenario, folder: Path, progress: Progress, sampler: ConnectionSampler
+) -> None:
+    run_time = math.ceil(scenario.warmup_s + scenario.duration_s)
+    env = os.environ | {
+        "BENCH_PATH": variant.path,
+        "BENCH_ROWS": str(scenario.rows),
+        "BENCH_WARMUP_S": str(scenario.warmup_s),
+        "BENCH_TIMEOUT_S": str(scenario.request_timeout_s),
+        "BENCH_PHASES": str(folder / "phases.json"),
+    }
+    locust = ManagedProcess(
+        "locust",
+        [
+            python_bin(),
+            "-m",
+            "locust",
+            "-f",
+            str(LOCUSTFILE),
+            "--headless",
+            "--host",
+            f"http://127.0.0.1:{port}",
+            "-u",
+            str(scenario.users),
+            "-r",
+            str(scenario.spawn_rate),
+            "-t",
+            f"{run_time}s",
+            "--csv",
+            str(folder / "locust"),
+            "--only-summary",
+            "--loglevel",
+            "WARNING",
+            "--stop-timeout",
+            str(math.ceil(scenario.request_timeout_s)),
+            "--exit-code-on-error",
+            "0",
+        ],
+        folder / "locust.log",
+        env,
+        ROOT,
+    )
+    deadline = run_time + scenario.request_timeout_s + 30
+    started = time.monotonic()
+    with locust:
+        while (code := locust.wait(1.0)) is None:
+            elapsed = time.monotonic() - started
+            if elapsed > deadline:
+                raise BenchError(f"Locust did not finish within {deadline:g} s")
+            phase = "warm-up" if elapsed < scenario.warmup_s + 1 else "measuring"
+            progress.tick(f"{phase}  {max(0, run_time - elapsed):3.0f} s left  {sampler.last_total} backends")
+        if code != 0:
+            raise BenchError(f"Locust exited with status {code}: {log_tail(folder / 'locust.log', 3)}")
+    if not (folder / "locust_stats.csv").is_file():
+        raise BenchError("Locust wrote no statistics")
+
+
+def settle(db: Database, baseline: int, timeout_s: float) -> tuple[int, int]:
+    """End the backends a variant left behind and wait for the count to reach baseline."""
+    ended = database.terminate_app_backends(db)
+    return ended, database.wait_for_backends(db, baseline, timeout_s)
+
+
+def measure_variant(plan: RunPlan, db: Database, pair: Pair, variant: Variant, progress: Progress) -> dict[str, Any]:
+    folder = store.variant_dir(plan.run_dir, pair.name, variant.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    knobs = plan.knobs[pair.name]
+    meta: dict[str, Any] = {
+        "pair": pair.name,
+        "variant": variant.name,
+        "role": variant.role,
+        "path": variant.path,
+        "summary": variant.summary,
+        "code": pair.code_excerpt(variant),
+        "knobs": knobs,
+        "users": plan.scenario.users,
+        "status": "running",
+        "error": None,
+    }
+    store.write_json(folder / "variant.json", meta)
+    try:
+        meta["baseline_connections"] = database.wait_for_backends(db, 0, plan.scenario.settle_timeout_s)
+        progress.say("starting server")
+        server, port = start_server(pair, variant, knobs, db, folder, plan.scenario)
+        try:
+            meta["verification"] = verify(port, variant, db, plan.scenario.rows)
+            progress.say("verified; load running")
+            sampler = ConnectionSampler(db, server.pid, folder / "connections.csv", plan.scenario.sample_interval_s)
+            with (
+                sampler,
+                Probe(
+                    "127.0.0.1", port, folder / "probe.csv", plan.scenario.probe_rate, plan.scenario.request_timeout_s
+                ),
+            ):
+                run_load(port, variant, plan.scenario, folder, progress, sampler)
+            if server.exited() is not None:
+                raise BenchError(
+                    f"server exited with status {server.exited()} during load: {log_tail(folder / 'server.log', 3)}"
+                )
+        finally:
+            server.stop()
+        meta["status"] = "ok"
+    except BenchError as err:
+        meta |= {"status": "failed", "error": str(err)}
+        progress.say(f"FAILED: {err}")
+    finally:
+        if meta["status"] == "running":  # interrupted: leave an honest record behind
+            meta |= {"status": "failed", "error": "interrupted"}
+        try:
+            ended, meta["settled_connections"] = settle(
+                db, meta.get("baseline_connections") or 0, plan.scenario.settle_timeout_s
+            )
+            meta["terminated_backends"] = ended
+        except Exception as err:  # the database itself may be what failed
+            meta["settle_error"] = database.redact(str(err).strip())
+        store.write_json(folder / "variant.json", meta)
+    record = analysis.summarize_variant(folder)
+    if record["status"] == "ok":
+        progress.say(
+            f"{record['rps']:.0f} req/s, p99 {record['p99_ms']:.0f} ms, {record['failures']} failures, "
+            f"/ping p99 {record['ping_p99_ms'] or float('nan'):.0f} ms, peak {record['peak_connections']} backends"
+        )
+    return record
+
+
+def write_summary(plan: RunPlan, records: list[dict[str, Any]]) -> None:
+    found = analysis.verdicts(records, plan.pairs, plan.knobs)
+    store.write_json(
+        plan.run_dir / "summary.json",
+        {
+            "format_version": store.FORMAT_VERSION,
+            "scenario": plan.scenario.name,
+            "variants": records,
+            "verdicts": {
+                name: {"outcome": v.outcome, "text": v.text, "figures": v.figures} for name, v in found.items()
+            },
+        },
+    )
+
+
+def run(plan: RunPlan) -> Path:
+    manifest = store.new_manifest(plan.scenario.to_dict(), plan.knobs, plan.command)
+    store.write_json(plan.run_dir / "manifest.json", manifest)
+    progress = Progress(sum(len(pair.variants) for pair in plan.pairs))
+    records: list[dict[str, Any]] = []
+    try:
+        print(f"run folder: {plan.run_dir}", file=sys.stderr)
+        with database.provision(plan.dsn, PG_HOME) as db:
+            manifest["database"] = {
+                "source": db.source,
+                "dsn": db.redacted,
+                **database.server_settings(db),
+            }
+            store.write_json(plan.run_dir / "manifest.json", manifest)
+            database.prepare(db, plan.scenario.rows)
+            for pair in plan.pairs:
+                for variant in pair.variants:
+                    progress.variant(pair.name, variant.name)
+                    records.append(measure_variant(plan, db, pair, variant, progress))
+                    write_summary(plan, records)
+        manifest["status"] = "complete"
+    except (KeyboardInterrupt, Interrupted):
+        manifest["status"] = "interrupted"
+        raise
+    except BaseException:
+        manifest["status"] = "failed"
+        raise
+    finally:
+        manifest["finished"] = store.now()
+        store.write_json(plan.run_dir / "manifest.json", manifest)
+        if records:
+            write_summary(plan, records)
+    report.render(plan.run_dir, write_top_report=plan.write_top_report)
+    return plan.run_dir

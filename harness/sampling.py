@@ -1,0 +1,151 @@
+"""Samplers that run beside the load: PostgreSQL backends plus server CPU and memory
+every `interval_s`, and the /ping probe at a fixed rate. Each streams its rows to a
+CSV as it goes, so a crash keeps what was sampled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import http.client
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import psutil
+
+from harness.database import Database, backends_by_state
+
+CONNECTION_FIELDS = [
+    "time",
+    "total",
+    "active",
+    "idle",
+    "idle_in_transaction",
+    "other",
+    "server_cpu_pct",
+    "server_rss_mb",
+    "error",
+]
+PROBE_FIELDS = ["intended", "latency_ms", "status", "error"]
+
+
+class _Thread:
+    """A daemon thread with a stop event, used as a context manager."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=type(self).__name__)
+
+    def _run(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self) -> _Thread:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
+class ConnectionSampler(_Thread):
+    def __init__(self, db: Database, server_pid: int, out: Path, interval_s: float) -> None:
+        super().__init__()
+        self.db, self.out, self.interval_s = db, out, interval_s
+        self.last_total: int | str = "?"  # for the progress line
+        try:
+            self.server: psutil.Process | None = psutil.Process(server_pid)
+            self.server.cpu_percent(None)  # the first call only starts the CPU clock
+        except psutil.Error:
+            self.server = None
+
+    def _server_usage(self) -> tuple[str, str]:
+        if self.server is None:
+            return "", ""
+        try:
+            with self.server.oneshot():
+                return f"{self.server.cpu_percent(None):.1f}", f"{self.server.memory_info().rss / 2**20:.1f}"
+        except psutil.Error:
+            return "", ""
+
+    def _run(self) -> None:
+        conn: Any = None
+        with open(self.out, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, CONNECTION_FIELDS)
+            writer.writeheader()
+            next_at = time.monotonic()
+            while not self._stop.is_set():
+                row: dict[str, Any] = {"time": f"{time.time():.3f}"}
+                try:
+                    if conn is None:
+                        conn = self.db.connect(timeout_s=2)
+                    with conn.cursor() as cur:
+                        states = backends_by_state(cur)
+                    known = {"active", "idle", "idle in transaction"}
+                    row |= {
+                        "total": sum(states.values()),
+                        "active": states.get("active", 0),
+                        "idle": states.get("idle", 0),
+                        "idle_in_transaction": states.get("idle in transaction", 0),
+                        "other": sum(n for s, n in states.items() if s not in known),
+                    }
+                    self.last_total = row["total"]
+                except Exception as err:  # a sample that failed is recorded, not fatal
+                    row["error"] = type(err).__name__
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                    conn = None
+                row["server_cpu_pct"], row["server_rss_mb"] = self._server_usage()
+                writer.writerow(row)
+                handle.flush()
+                next_at += self.interval_s
+                self._stop.wait(max(0.0, next_at - time.monotonic()))
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+class Probe(_Thread):
+    """GET /ping on a fixed schedule. Latency counts from the intended start, so a
+    stalled server is not under-counted when one probe delays the next."""
+
+    def __init__(self, host: str, port: int, out: Path, rate: float, timeout_s: float) -> None:
+        super().__init__()
+        self.host, self.port, self.out = host, port, out
+        self.period_s, self.timeout_s = 1.0 / rate, timeout_s
+
+    def _run(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        with open(self.out, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, PROBE_FIELDS)
+            writer.writeheader()
+            intended_mono, intended_wall = time.monotonic(), time.time()
+            while not self._stop.is_set():
+                delay = intended_mono - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    break
+                row: dict[str, Any] = {"intended": f"{intended_wall:.3f}", "status": 0, "error": ""}
+                try:
+                    if conn is None:
+                        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+                    conn.request("GET", "/ping")
+                    resp = conn.getresponse()
+                    resp.read()
+                    row["status"] = resp.status
+                except (OSError, http.client.HTTPException) as err:
+                    row["error"] = type(err).__name__
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                row["latency_ms"] = f"{(time.monotonic() - intended_mono) * 1000:.2f}"
+                writer.writerow(row)
+                handle.flush()
+                intended_mono += self.period_s
+                intended_wall += self.period_s
+        if conn is not None:
+            conn.close()

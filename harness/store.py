@@ -1,0 +1,148 @@
+"""The run folder: its layout, atomic writes, and the manifest.
+
+results/<run-id>/
+    manifest.json              environment, versions, scenario, knobs, status
+    summary.json               one record per variant (+ verdicts), rewritten after each
+    REPORT.md, charts/         rendered from the files above and below
+    <pair>/<variant>/          raw data, written while the variant runs:
+        variant.json           what ran (role, path, code, knobs) and its summary record
+        locust_*.csv, probe.csv, connections.csv, phases.json, server.log, locust.log
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from harness.pairs import ROOT, BenchError
+
+FORMAT_VERSION = 1
+RESULTS_DIR = ROOT / "results"
+PACKAGES = [
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "anyio",
+    "pydantic",
+    "locust",
+    "asyncpg",
+    "psycopg2-binary",
+    "uvloop",
+    "httptools",
+]
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out, indent=2, sort_keys=False, default=str)
+            out.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def new_run_dir(scenario: str, out: Path | None) -> Path:
+    if out is not None:
+        run_dir = out
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise BenchError(f"--out {run_dir} is not empty; choose a new folder (nothing was overwritten)")
+    else:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = RESULTS_DIR / f"{stamp}-{scenario}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".writable"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise BenchError(f"cannot write to {run_dir}: {err.strerror}") from None
+    return run_dir
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "manifest.json").is_file()
+
+
+def latest_run() -> Path:
+    runs = sorted((p for p in RESULTS_DIR.glob("*/") if is_run_dir(p)), key=lambda p: p.name)
+    if not runs:
+        raise BenchError(f"no runs under {RESULTS_DIR}; run `make bench` first")
+    return runs[-1]
+
+
+def variant_dir(run_dir: Path, pair: str, variant: str) -> Path:
+    return run_dir / pair / variant
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment() -> dict[str, Any]:
+    commit = _git("rev-parse", "HEAD")
+    return {
+        "git_commit": commit or "unknown",
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None,
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "packages": {name: _version(name) for name in PACKAGES},
+    }
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def new_manifest(scenario: dict[str, Any], pairs: dict[str, dict[str, int]], command: list[str]) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "status": "running",
+        "started": now(),
+        "finished": None,
+        "command": command,
+        "scenario": scenario,
+        "pairs": pairs,  # pair name -> knobs in force
+        "environment": environment(),
+        "database": {},
+    }

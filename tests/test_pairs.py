@@ -1,0 +1,32 @@
+"""The pair declarations: discoverable, complete, and their code excerpts resolvable."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.pairs import BenchError, discover, select
+
+
+def test_core_pairs_are_discovered_in_declared_order() -> None:
+    assert list(discover())[:3] == ["deps", "sessions", "blocking"]
+
+
+@pytest.mark.parametrize("pair", discover().values(), ids=lambda p: p.name)
+def test_pair_is_complete(pair) -> None:  # type: ignore[no-untyped-def]
+    roles = {v.role for v in pair.variants}
+    assert {"bad", "good"} <= roles, "a pair compares at least one bad and one good variant"
+    assert len({v.name for v in pair.variants}) == len(pair.variants)
+    assert pair.claim_id.startswith("C") and pair.claim and pair.mechanism and pair.decided_by
+    for variant in pair.variants:
+        assert variant.path.startswith(f"/{variant.name}/") and "{id}" in variant.path
+        excerpt = pair.code_excerpt(variant)
+        assert all(f" {name}(" in excerpt for name in variant.code)
+
+
+def test_select_suggests_a_close_name() -> None:
+    with pytest.raises(BenchError, match="did you mean 'sessions'"):
+        select(["sesions"])
+
+
+def test_select_keeps_order_and_drops_duplicates() -> None:
+    assert [p.name for p in select(["blocking", "deps", "blocking"])] == ["blocking", "deps"]

@@ -1,0 +1,53 @@
+"""Every variant answers correctly against the embedded PostgreSQL, and verification
+catches a variant that does not."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from harness import database, runner
+from harness.database import Database
+from harness.pairs import BenchError, Pair, Variant, discover
+from harness.scenario import Scenario
+
+SCENARIO = Scenario(name="test", rows=1000)
+CASES = [(pair, variant) for pair in discover().values() for variant in pair.variants]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("pair", "variant"), CASES, ids=[f"{p.name}/{v.name}" for p, v in CASES])
+def test_variant_verifies(db: Database, pair: Pair, variant: Variant, tmp_path: Path) -> None:
+    server, port = runner.start_server(pair, variant, pair.knobs, db, tmp_path, SCENARIO)
+    try:
+        checked = runner.verify(port, variant, db, rows=1000)
+    finally:
+        server.stop()
+    assert checked["status"] == 200 and checked["body"] == database.fetch_row(db, checked["id"])
+    assert server.exited() is not None
+
+
+@pytest.mark.slow
+def test_verification_rejects_a_wrong_body(db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pair = discover()["deps"]
+    variant = pair.variant("async-dep")
+    server, port = runner.start_server(pair, variant, pair.knobs, db, tmp_path, SCENARIO)
+    try:
+        monkeypatch.setattr(database, "fetch_row", lambda _db, item_id: {"id": item_id, "name": "other", "price_cents": 0})
+        with pytest.raises(BenchError, match="verification failed"):
+            runner.verify(port, variant, db, rows=1000)
+        wrong_route = Variant("missing", "bad", "/missing/items/{id}", "", ())
+        with pytest.raises(BenchError, match="status 404"):
+            runner.verify(port, wrong_route, db, rows=1000)
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_server_that_dies_at_start_fails_fast_with_its_log(db: Database, tmp_path: Path) -> None:
+    pair = discover()["deps"]
+    broken = dataclasses.replace(pair, name="no_such_pair")
+    with pytest.raises(BenchError, match="exited with status"):
+        runner.start_server(broken, pair.variants[0], {}, db, tmp_path, SCENARIO)
