@@ -122,6 +122,8 @@ def start_server(
             "--log-level",
             "warning",
             "--no-access-log",
+            "--timeout-keep-alive",
+            "30",
             "--timeout-graceful-shutdown",
             "3",
         ],
@@ -209,12 +211,19 @@ def run_load(
             elapsed = time.monotonic() - started
             if elapsed > deadline:
                 raise BenchError(f"Locust did not finish within {deadline:g} s")
-            phase = "warm-up" if elapsed < scenario.warmup_s + 1 else "measuring"
+            phase = "measuring" if "measure_start" in _phases(folder) else "warm-up"
             progress.tick(f"{phase}  {max(0, run_time - elapsed):3.0f} s left  {sampler.last_total} backends")
         if code != 0:
             raise BenchError(f"Locust exited with status {code}: {log_tail(folder / 'locust.log', 3)}")
     if not (folder / "locust_stats.csv").is_file():
         raise BenchError("Locust wrote no statistics")
+
+
+def _phases(folder: Path) -> dict[str, float]:
+    try:
+        return dict(json.loads((folder / "phases.json").read_text()))
+    except (OSError, ValueError):
+        return {}
 
 
 def settle(db: Database, baseline: int, timeout_s: float) -> tuple[int, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import http.client
+import queue
 import threading
 import time
 from pathlib import Path
@@ -110,42 +111,82 @@ class ConnectionSampler(_Thread):
                 conn.close()
 
 
-class Probe(_Thread):
-    """GET /ping on a fixed schedule. Latency counts from the intended start, so a
-    stalled server is not under-counted when one probe delays the next."""
+class Probe:
+    """GET /ping on a fixed schedule, open-loop, its latency counted from the scheduled
+    time. Senders each own a keep-alive connection opened before the load starts, as
+    Locust's users do: a single connection would queue pings behind each other (the
+    probe's own backlog), and a new connection per ping would measure how long a
+    busy server takes to accept, not how late its loop answers."""
 
-    def __init__(self, host: str, port: int, out: Path, rate: float, timeout_s: float) -> None:
-        super().__init__()
+    def __init__(self, host: str, port: int, out: Path, rate: float, timeout_s: float, senders: int = 16) -> None:
         self.host, self.port, self.out = host, port, out
         self.period_s, self.timeout_s = 1.0 / rate, timeout_s
+        self.senders = senders
+        self._due: queue.Queue[tuple[float, float] | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
 
-    def _run(self) -> None:
-        conn: http.client.HTTPConnection | None = None
-        with open(self.out, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, PROBE_FIELDS)
-            writer.writeheader()
-            intended_mono, intended_wall = time.monotonic(), time.time()
-            while not self._stop.is_set():
-                delay = intended_mono - time.monotonic()
-                if delay > 0 and self._stop.wait(delay):
-                    break
-                row: dict[str, Any] = {"intended": f"{intended_wall:.3f}", "status": 0, "error": ""}
-                try:
-                    if conn is None:
-                        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
-                    conn.request("GET", "/ping")
-                    resp = conn.getresponse()
-                    resp.read()
-                    row["status"] = resp.status
-                except (OSError, http.client.HTTPException) as err:
-                    row["error"] = type(err).__name__
-                    if conn is not None:
-                        conn.close()
-                    conn = None
-                row["latency_ms"] = f"{(time.monotonic() - intended_mono) * 1000:.2f}"
+    def _connect(self) -> http.client.HTTPConnection:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+        conn.connect()
+        return conn
+
+    def _sender(self, conn: http.client.HTTPConnection | None, writer: Any, handle: Any) -> None:
+        while (due := self._due.get()) is not None:
+            intended_mono, intended_wall = due
+            row: dict[str, Any] = {"intended": f"{intended_wall:.3f}", "status": 0, "error": ""}
+            try:
+                conn = conn or self._connect()
+                conn.request("GET", "/ping")
+                resp = conn.getresponse()
+                resp.read()
+                row["status"] = resp.status
+            except (OSError, http.client.HTTPException) as err:
+                row["error"] = type(err).__name__
+                if conn is not None:
+                    conn.close()
+                conn = None
+            row["latency_ms"] = f"{(time.monotonic() - intended_mono) * 1000:.2f}"
+            with self._lock:
                 writer.writerow(row)
                 handle.flush()
-                intended_mono += self.period_s
-                intended_wall += self.period_s
         if conn is not None:
             conn.close()
+
+    def _schedule(self) -> None:
+        intended_mono, intended_wall = time.monotonic(), time.time()
+        while not self._stop.is_set():
+            delay = intended_mono - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                break
+            self._due.put((intended_mono, intended_wall))
+            intended_mono += self.period_s
+            intended_wall += self.period_s
+        for _ in range(self.senders):
+            self._due.put(None)
+
+    def __enter__(self) -> Probe:
+        self._handle = open(self.out, "w", newline="")  # closed in __exit__
+        writer = csv.DictWriter(self._handle, PROBE_FIELDS)
+        writer.writeheader()
+        for _ in range(self.senders):
+            try:
+                conn: http.client.HTTPConnection | None = self._connect()
+            except OSError:
+                conn = None  # the sender retries on its first ping
+            self._threads.append(threading.Thread(target=self._sender, args=(conn, writer, self._handle), daemon=True))
+        self._threads.append(threading.Thread(target=self._schedule, daemon=True))
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        # Senders finish the pings already due (each bounded by timeout_s), then stop.
+        for thread in self._threads:
+            thread.join(timeout=self.timeout_s + 5)
+        with self._lock:
+            self._handle.close()

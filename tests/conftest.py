@@ -68,7 +68,9 @@ def write_variant(
     if status != "ok":
         return folder
     start, stop = window
-    (folder / "phases.json").write_text(json.dumps({"load_start": start - 2, "measure_start": start, "load_stop": stop}))
+    (folder / "phases.json").write_text(
+        json.dumps({"load_start": start - 2, "measure_start": start, "load_stop": stop})
+    )
     row = [
         "", "Aggregated", requests, failures, p50, p50, 1, p99 * 2, 38, 999.0, 0.0,
         p50, p50, p50, p50, p99, p99, p99, p99, p99 * 2, p99 * 2, p99 * 2,

@@ -17,6 +17,8 @@ def test_compose_file_provides_a_loopback_postgres_with_healthcheck() -> None:
     assert "pg_isready" in " ".join(service["healthcheck"]["test"])
     env = service["environment"]
     host_port = service["ports"][0].split(":")[1]
-    documented = f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@127.0.0.1:{host_port}/{env['POSTGRES_DB']}"
+    documented = (
+        f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@127.0.0.1:{host_port}/{env['POSTGRES_DB']}"
+    )
     assert documented in (ROOT / "Makefile").read_text()
     assert documented in (ROOT / "README.md").read_text()

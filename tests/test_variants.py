@@ -35,7 +35,9 @@ def test_verification_rejects_a_wrong_body(db: Database, tmp_path: Path, monkeyp
     variant = pair.variant("async-dep")
     server, port = runner.start_server(pair, variant, pair.knobs, db, tmp_path, SCENARIO)
     try:
-        monkeypatch.setattr(database, "fetch_row", lambda _db, item_id: {"id": item_id, "name": "other", "price_cents": 0})
+        monkeypatch.setattr(
+            database, "fetch_row", lambda _db, item_id: {"id": item_id, "name": "other", "price_cents": 0}
+        )
         with pytest.raises(BenchError, match="verification failed"):
             runner.verify(port, variant, db, rows=1000)
         wrong_route = Variant("missing", "bad", "/missing/items/{id}", "", ())

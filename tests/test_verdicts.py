@@ -7,8 +7,12 @@ from typing import Any
 
 from harness.pairs import discover
 
+Record = dict[str, Any]
 
-def rec(rps: float = 200, ping: float = 5, failure_rate: float = 0.0, peak: int = 10, status: str = "ok") -> dict[str, Any]:
+
+def rec(
+    rps: float = 200, ping: float = 5, failure_rate: float = 0.0, peak: int = 10, status: str = "ok"
+) -> dict[str, Any]:
     return {"status": status, "rps": rps, "ping_p99_ms": ping, "failure_rate": failure_rate, "peak_connections": peak}
 
 
@@ -43,7 +47,9 @@ def test_deps_inconclusive_when_a_variant_failed() -> None:
     assert verdict.outcome == "inconclusive" and "async-dep" in verdict.text
 
 
-def sessions(c_leaky: dict[str, Any], c_closed: dict[str, Any], p_leaky: dict[str, Any], p_closed: dict[str, Any]) -> Any:
+def sessions(
+    c_leaky: dict[str, Any], c_closed: dict[str, Any], p_leaky: dict[str, Any], p_closed: dict[str, Any]
+) -> Any:
     records = {"connect-leaky": c_leaky, "connect-closed": c_closed, "pool-leaky": p_leaky, "pool-closed": p_closed}
     return PAIRS["sessions"].decide(records, {"pool_size": 10, "pool_timeout_ms": 2000})
 
