@@ -6,6 +6,7 @@ Only stored files are read, so `bench.py report` can rebuild everything later.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -94,9 +95,18 @@ def _locust_totals(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
     if failures_file.is_file():
         frame = pd.read_csv(failures_file)
         if not frame.empty:
-            frame = frame.sort_values("Occurrences", ascending=False).head(3)
-            out["top_failures"] = [[str(e), int(n)] for e, n in zip(frame["Error"], frame["Occurrences"], strict=True)]
+            # Locust keys failures by message, and messages carry the random URL:
+            # group them by what went wrong instead.
+            frame["Error"] = frame["Error"].astype(str).map(failure_kind)
+            counts = frame.groupby("Error")["Occurrences"].sum().sort_values(ascending=False).head(3)
+            out["top_failures"] = [[str(e), int(n)] for e, n in counts.items()]
     return out
+
+
+def failure_kind(message: str) -> str:
+    """A Locust failure message without its URL, ids and ports."""
+    message = re.sub(r"'?https?://[^\s',)]+'?", "<url>", message)
+    return re.sub(r"for id \d+", "for id <id>", message)
 
 
 def _probe(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
@@ -129,6 +139,7 @@ def summarize_variant(folder: Path) -> dict[str, Any]:
     record = empty_record(meta)
     record["baseline_connections"] = meta.get("baseline_connections")
     record["settled_connections"] = meta.get("settled_connections")
+    record["terminated_backends"] = meta.get("terminated_backends")
     record["users"] = meta.get("users")
     if meta.get("status") != "ok":
         return record

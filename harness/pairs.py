@@ -160,4 +160,4 @@ def fmt(value: float | None, unit: str = "", digits: int = 0) -> str:
     if unit == "x":
         return f"{value:.2f}x" if value < 10 else f"{value:.0f}x"
     text = f"{value:,.{digits}f}"
-    return f"{text} {unit}".strip()
+    return f"{text}%" if unit == "%" else f"{text} {unit}".strip()

@@ -22,7 +22,25 @@ import pandas as pd
 from harness import analysis, store
 from harness.pairs import ARTICLES, ROOT, Pair, discover
 
-ROLE_COLORS = {"bad": "#d1495b", "good": "#2e86ab", "reference": "#8d8d8d"}
+# Each variant gets its own colour; the family says its role (warm = bad, cool = good).
+ROLE_PALETTES = {
+    "bad": ["#d1495b", "#f18f01", "#8e2c3f"],
+    "good": ["#2e86ab", "#3bb273", "#1b4965"],
+    "reference": ["#7d7d7d", "#b0b0b0", "#4a4a4a"],
+}
+ROLE_STYLES = {"bad": "--", "good": "-", "reference": ":"}
+
+
+def variant_colors(records: list[dict[str, Any]]) -> dict[str, str]:
+    used: dict[str, int] = {}
+    colors = {}
+    for r in records:
+        palette = ROLE_PALETTES.get(r["role"], ["#444444"])
+        colors[r["variant"]] = palette[used.get(r["role"], 0) % len(palette)]
+        used[r["role"]] = used.get(r["role"], 0) + 1
+    return colors
+
+
 TOP_REPORT = ROOT / "REPORT.md"
 
 
@@ -75,10 +93,21 @@ def _series(run_dir: Path, record: dict[str, Any], name: str, column: str) -> pd
     return frame
 
 
+def _warmup_end(run_dir: Path, records: list[dict[str, Any]]) -> float | None:
+    for r in records:
+        phases_file = run_dir / r["pair"] / r["variant"] / "phases.json"
+        if phases_file.is_file():
+            phases = store.read_json(phases_file)
+            if "measure_start" in phases and "load_start" in phases:
+                return float(phases["measure_start"]) - float(phases["load_start"])
+    return None
+
+
 def chart_pair(run_dir: Path, pair: Pair, records: list[dict[str, Any]], out: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     names = [r["variant"] for r in records]
-    colors = [ROLE_COLORS.get(r["role"], "#444") for r in records]
+    by_variant = variant_colors(records)
+    colors = [by_variant[name] for name in names]
     ok = [r for r in records if r["status"] == "ok"]
 
     ax = axes[0][0]
@@ -107,19 +136,18 @@ def chart_pair(run_dir: Path, pair: Pair, records: list[dict[str, Any]], out: Pa
         (axes[1][0], "connections.csv", "time", "total", "PostgreSQL backends (pg_stat_activity)"),
         (axes[1][1], "probe.csv", "intended", "latency_ms", "/ping latency during load (ms, log scale)"),
     ):
+        warmup_end = _warmup_end(run_dir, ok)
+        if warmup_end:
+            ax.axvspan(0, warmup_end, color="#ececec", label="warm-up (not counted)")
         for r in ok:
             frame = _series(run_dir, r, file, column)
             if frame is not None:
+                style = ROLE_STYLES.get(r["role"], "-")
                 ax.plot(
-                    frame["t"],
-                    frame[value],
-                    label=r["variant"],
-                    color=ROLE_COLORS.get(r["role"]),
-                    linestyle="-" if r["role"] == "good" else ("--" if r["role"] == "bad" else ":"),
-                    linewidth=1.3,
+                    frame["t"], frame[value], style, label=r["variant"], color=by_variant[r["variant"]], linewidth=1.2
                 )
         ax.set_title(title)
-        ax.set_xlabel("seconds since load start (warm-up included)")
+        ax.set_xlabel("seconds since load start")
         ax.legend(fontsize=8)
     axes[1][1].set_yscale("log")
     fig.suptitle(f"{pair.name}: {pair.claim}", fontsize=11)
@@ -198,6 +226,11 @@ def _pair_section(
     if failures:
         lines += ["**Failures during load** (most frequent per variant):", ""]
         lines += [f"- `{variant}`: {count:,} x {error}" for variant, error, count in failures] + [""]
+    unsettled = [r for r in records if (r.get("settled_connections") or 0) > (r.get("baseline_connections") or 0)]
+    if unsettled:
+        lines += ["**Backends that did not return to baseline** after the server stopped:", ""]
+        lines += [f"- `{r['variant']}`: {r['settled_connections']} left (baseline {r['baseline_connections']})"
+                  for r in unsettled] + [""]  # fmt: skip
     lines += ["**The variants.**", ""]
     for r in records:
         meta = store.read_json(run_dir / r["pair"] / r["variant"] / "variant.json")

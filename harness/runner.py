@@ -282,6 +282,8 @@ def measure_variant(plan: RunPlan, db: Database, pair: Pair, variant: Variant, p
                 db, meta.get("baseline_connections") or 0, plan.scenario.settle_timeout_s
             )
             meta["terminated_backends"] = ended
+            if meta["settled_connections"] > (meta.get("baseline_connections") or 0):
+                progress.say(f"WARNING: {meta['settled_connections']} backends still open after settling")
         except Exception as err:  # the database itself may be what failed
             meta["settle_error"] = database.redact(str(err).strip())
         store.write_json(folder / "variant.json", meta)

@@ -52,6 +52,7 @@ def write_variant(
     backends: list[int] | None = None,
     status: str = "ok",
     window: tuple[float, float] = (1000.0, 1010.0),
+    settled: int = 0,
 ) -> Path:
     """Raw files for one variant, shaped like a real run's, with known contents."""
     folder = run_dir / pair / variant
@@ -62,7 +63,7 @@ def write_variant(
             "pair": pair, "variant": variant, "role": role, "path": f"/{variant}/items/{{id}}",
             "summary": f"the {variant} variant", "code": "def f():\n    pass", "knobs": {},
             "users": 10, "status": status, "error": None if status == "ok" else "verification failed",
-            "baseline_connections": 0, "settled_connections": 0,
+            "baseline_connections": 0, "settled_connections": settled,
         },
     )  # fmt: skip
     if status != "ok":

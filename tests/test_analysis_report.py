@@ -99,3 +99,13 @@ def test_render_does_not_touch_top_report_when_asked_not_to(tmp_path: Path) -> N
     report.rebuild(fixture_run(tmp_path), write_top_report=False)
     after = report.TOP_REPORT.read_text() if report.TOP_REPORT.exists() else None
     assert before == after
+
+
+def test_report_flags_backends_left_after_a_variant(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    write_manifest(run_dir, {"deps": {}})
+    write_variant(run_dir, "deps", "sync-dep", "bad", settled=7)
+    write_variant(run_dir, "deps", "async-dep", "good")
+    text = report.rebuild(run_dir, write_top_report=False).read_text()
+    assert "did not return to baseline" in text and "`sync-dep`: 7 left (baseline 0)" in text
+    assert "`async-dep`: " not in text.split("did not return to baseline")[1].split("**The variants.**")[0]

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -81,3 +83,30 @@ def test_blocking_physics_at_20_ms(db: Database, tmp_path: Path) -> None:
     assert records["async-to-thread"]["rps"] > 50
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["database"]["source"] == "dsn" and manifest["pairs"] == {"blocking": {"block_ms": 20}}
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_keeps_completed_variants_and_leaves_no_process(db: Database, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "bench.py", "run", "--scenario", "tiny", "--pairs", "blocking", "--dsn", db.dsn,
+         "--out", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    # Wait until the second variant is under load, then stop the run.
+    second = out / "blocking" / "async-to-thread" / "phases.json"
+    deadline = time.monotonic() + 120
+    while not second.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert second.exists(), "the run never reached its second variant"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["finished"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["variant"] for r in summary["variants"]] == ["async-blocking"]
+    assert summary["variants"][0]["status"] == "ok" and summary["variants"][0]["requests"] > 0
+    assert json.loads((out / "blocking" / "async-to-thread" / "variant.json").read_text())["error"] == "interrupted"
+    time.sleep(1)
+    assert processes_of_run(str(out)) == []

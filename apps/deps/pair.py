@@ -44,8 +44,7 @@ def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:
     if blocking_stalls:
         return Verdict(
             "partly holds",
-            f"Holds only for blocking code inside an `async def` dependency: {blocking_says}, while "
-            f"{sync_says}, because FastAPI runs sync dependencies in a worker thread.",
+            f"Holds only for blocking code inside an `async def` dependency: {blocking_says}, while {sync_says}.",
             figures,
         )
     return Verdict("does not hold", f"Does not hold in this run: {sync_says}; {blocking_says}.", figures)

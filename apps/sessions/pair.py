@@ -50,8 +50,7 @@ def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:
     if pool_leaks:
         return Verdict(
             "partly holds",
-            f"Holds for pooled connections only: {pool_says}; but {connect_says}, "
-            "because the driver closes a connection nobody references any more.",
+            f"Holds for pooled connections only: {pool_says}; but {connect_says}.",
             figures,
         )
     if connect_leaks:
