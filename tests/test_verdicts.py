@@ -94,3 +94,15 @@ def test_blocking_does_not_hold_without_a_stall() -> None:
 
 def test_blocking_ceiling_follows_the_knob() -> None:
     assert blocking(rec(rps=48, ping=300), rec(rps=250, ping=6), block_ms=20).figures["loop_ceiling_rps"] == 50
+
+
+def test_blocking_reports_the_def_reference_when_measured() -> None:
+    records = {
+        "async-blocking": rec(rps=45, ping=900),
+        "async-to-thread": rec(rps=250, ping=4),
+        "sync-def": rec(rps=1100),
+    }
+    verdict = PAIRS["blocking"].decide(records, {"block_ms": 20})
+    assert "plain `def` endpoint served 24x" in verdict.text
+    records["sync-def"] = rec(status="failed")
+    assert "plain `def`" not in PAIRS["blocking"].decide(records, {"block_ms": 20}).text

@@ -22,7 +22,9 @@ POOL_SIZE = 40
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    app.state.pool = ThreadedConnectionPool(1, POOL_SIZE, dsn())
+    # minconn = maxconn: psycopg2 closes a returned connection beyond minconn, which
+    # would turn every request into a fresh connect.
+    app.state.pool = ThreadedConnectionPool(POOL_SIZE, POOL_SIZE, dsn())
     yield
     app.state.pool.closeall()
 
