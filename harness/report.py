@@ -8,6 +8,7 @@ comes from the run.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -270,8 +271,10 @@ def render(run_dir: Path, write_top_report: bool) -> Path:
             "```sh",
             "make bench            # default scenario, writes results/<run-id>/ and this file",
             "make bench-quick      # the quick scenario",
-            f"python bench.py run --scenario {manifest['scenario']['name']} "
-            + " ".join(f"--set {k}={v}" for knobs in manifest["pairs"].values() for k, v in knobs.items()),
+            "# this run's exact command (knobs in force: "
+            + (", ".join(f"{k}={v}" for knobs in manifest["pairs"].values() for k, v in knobs.items()) or "none")
+            + ")",
+            "python " + " ".join(shlex.quote(arg) for arg in manifest["command"]),
             "```",
             "",
             "## Verdicts",
