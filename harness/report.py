@@ -150,6 +150,7 @@ def chart_pair(run_dir: Path, pair: Pair, records: list[dict[str, Any]], out: Pa
         ax.set_title(title)
         ax.set_xlabel("seconds since load start")
         ax.legend(fontsize=8)
+    axes[1][0].set_ylim(bottom=0)  # a count: a flat line must not be zoomed into noise
     axes[1][1].set_yscale("log")
     fig.suptitle(f"{pair.name}: {pair.claim}", fontsize=11)
     fig.tight_layout()
