@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -66,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="use this PostgreSQL (postgresql://...) instead of the embedded one; default $DATABASE_URL",
     )
     run.add_argument("--out", type=Path, help="write the run here and leave the top-level REPORT.md alone")
+    run.add_argument("--shuffle", action="store_true", help="measure variants in a random order (seed recorded)")
+    run.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run: measure what is missing"
+    )
 
     rep = commands.add_parser("report", help="re-render a stored run without running load")
     rep.add_argument("run_dir", nargs="?", type=Path, help="a results/<run-id> folder (default: the newest)")
@@ -86,12 +91,12 @@ def cmd_list() -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def plan_new(args: argparse.Namespace) -> runner.RunPlan:
     chosen = pairs_mod.select([n.strip() for n in args.pairs.split(",") if n.strip()] if args.pairs else None)
     plan_scenario = scenario.override(scenario.load(args.scenario), users=args.users, duration_s=args.duration)
     knobs = runner.resolve_knobs(chosen, args.settings)
     run_dir = store.new_run_dir(plan_scenario.name, args.out)
-    plan = runner.RunPlan(
+    return runner.RunPlan(
         scenario=plan_scenario,
         pairs=chosen,
         knobs=knobs,
@@ -99,17 +104,53 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_dir=run_dir,
         write_top_report=args.out is None,
         command=[redact(a) for a in sys.argv],
+        shuffle_seed=random.randrange(2**31) if args.shuffle else None,
     )
+
+
+def plan_resume(args: argparse.Namespace, given: list[str]) -> runner.RunPlan:
+    """The stored run's own plan; only --dsn may be given again (it is stored redacted)."""
+    run_dir: Path = args.resume
+    if not store.is_run_dir(run_dir):
+        raise BenchError(f"{run_dir} is not a run folder (no manifest.json)")
+    clashing = [option for option in ("--scenario", "--pairs", "--users", "--duration", "--set", "--out", "--shuffle")
+                if any(arg == option or arg.startswith(option + "=") for arg in given)]  # fmt: skip
+    if clashing:
+        raise BenchError(f"--resume continues the stored plan; drop {', '.join(clashing)}")
+    manifest = store.read_json(run_dir / "manifest.json")
+    if manifest.get("status") == "complete":
+        raise BenchError(f"{run_dir} is already complete; nothing to resume")
+    if manifest.get("database", {}).get("source") == "dsn" and not args.dsn:
+        raise BenchError(f"{run_dir} ran against --dsn {manifest['database']['dsn']}; pass --dsn again to resume")
+    stored = {k: v for k, v in manifest["scenario"].items() if k != "name"}
+    plan_scenario = scenario.Scenario(name=manifest["scenario"]["name"], **stored)
+    inside_results = run_dir.resolve().is_relative_to(store.RESULTS_DIR.resolve())
+    return runner.RunPlan(
+        scenario=plan_scenario,
+        pairs=pairs_mod.select(list(manifest["pairs"])),
+        knobs=manifest["pairs"],
+        dsn=args.dsn,
+        run_dir=run_dir,
+        write_top_report=inside_results,
+        command=manifest.get("command", []),
+        shuffle_seed=manifest.get("shuffle_seed"),
+        resume=True,
+    )
+
+
+def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
+    plan = plan_resume(args, argv) if args.resume else plan_new(args)
     try:
         runner.run(plan)
     except BenchError:
         # Nothing was measured: do not leave an empty run folder behind.
-        if not any(p.is_dir() for p in run_dir.iterdir()):
+        run_dir = plan.run_dir
+        if not plan.resume and not any(p.is_dir() for p in run_dir.iterdir()):
             for leftover in run_dir.iterdir():
                 leftover.unlink()
             run_dir.rmdir()
         raise
-    print(f"report: {run_dir / 'REPORT.md'}" + ("" if args.out else " (and REPORT.md)"))
+    print(f"report: {plan.run_dir / 'REPORT.md'}" + (" (and REPORT.md)" if plan.write_top_report else ""))
     return 0
 
 
@@ -126,12 +167,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     raise_on_sigterm()
     try:
+        argv = sys.argv[1:] if argv is None else argv
         args = build_parser().parse_args(argv)
         if args.command == "list":
             return cmd_list()
         if args.command == "report":
             return cmd_report(args)
-        return cmd_run(args)
+        return cmd_run(args, argv)
     except BenchError as err:
         print(f"bench.py: error: {redact(str(err))}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ HARNESS_APP_NAME = "fastapi-bench-harness"
 DATABASE = "bench"
 TABLE = "bench_items"
 PG_SYSTEM_USER = "embedded_postgres"
+APP_ROLE = "bench_app"
 
 
 def redact(text: str) -> str:
@@ -42,8 +43,14 @@ def redact(text: str) -> str:
 
 @dataclass(frozen=True)
 class Database:
-    dsn: str  # what the variant apps connect with
+    dsn: str  # the harness's own connections (a superuser on the embedded server)
     source: str  # "embedded" or "dsn"
+    app_dsn: str = ""  # what the variant apps connect with; the same as dsn when empty
+    app_role: str = ""  # the apps' role, granted read access to the table by prepare()
+
+    @property
+    def variant_dsn(self) -> str:
+        return self.app_dsn or self.dsn
 
     @property
     def redacted(self) -> str:
@@ -61,8 +68,13 @@ class Database:
                 cur.execute("SHOW server_version")
                 return str(cur.fetchone()[0])
         except psycopg2.Error as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise BenchError(f"cannot reach PostgreSQL at {self.redacted}: {redact(first)}") from None
+            raise BenchError(f"cannot reach PostgreSQL at {self.redacted}: {first_line(err)}") from None
+
+
+def first_line(err: BaseException) -> str:
+    """A driver error as one redacted line."""
+    text = str(err).strip()
+    return redact(text.splitlines()[0]) if text else type(err).__name__
 
 
 def prepare(db: Database, rows: int) -> None:
@@ -82,6 +94,8 @@ def prepare(db: Database, rows: int) -> None:
                 (rows,),
             )
             cur.execute(f"ANALYZE {TABLE}")
+        if db.app_role:
+            cur.execute(f"GRANT SELECT ON {TABLE} TO {db.app_role}")
 
 
 def fetch_row(db: Database, item_id: int) -> dict[str, Any] | None:
@@ -283,7 +297,18 @@ class EmbeddedPostgres(Service[Database]):
                 cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
                 if cur.fetchone() is None:
                     cur.execute(f"CREATE DATABASE {DATABASE}")
-        return Database(dsn=admin.rsplit("/", 1)[0] + f"/{DATABASE}", source="embedded")
+                # The variants connect as an ordinary role: however many connections a
+                # variant takes, superuser_reserved_connections keep the harness in.
+                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,))
+                verb = "ALTER" if cur.fetchone() else "CREATE"
+                cur.execute(f"{verb} ROLE {APP_ROLE} LOGIN NOSUPERUSER PASSWORD %s", (password,))
+        base = f"127.0.0.1:{self.port}/{DATABASE}"
+        return Database(
+            dsn=f"postgresql://postgres:{quote(password, safe='')}@{base}",
+            source="embedded",
+            app_dsn=f"postgresql://{APP_ROLE}:{quote(password, safe='')}@{base}",
+            app_role=APP_ROLE,
+        )
 
     def stop(self) -> None:
         if (self.pgdata / "postmaster.pid").exists():

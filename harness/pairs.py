@@ -77,14 +77,15 @@ class Pair:
     decide: VerdictRule
     knobs: dict[str, int] = field(default_factory=dict)
     order: int = 100  # position in listings and the report
+    app_module: str = ""  # where the variants live; apps.<name>.app unless given (tests)
 
     @property
     def app(self) -> str:
-        return f"apps.{self.name}.app:app"
+        return f"{self.app_module or f'apps.{self.name}.app'}:app"
 
     @property
     def app_file(self) -> Path:
-        return APPS_DIR / self.name / "app.py"
+        return ROOT / Path(*(self.app_module or f"apps.{self.name}.app").split(".")).with_suffix(".py")
 
     def variant(self, name: str) -> Variant:
         for variant in self.variants:

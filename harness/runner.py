@@ -11,10 +11,12 @@ reason and the run goes on; each variant's files are on disk before the next sta
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 import urllib.error
@@ -22,6 +24,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psycopg2
 
 from harness import analysis, database, report, store
 from harness.database import Database
@@ -44,6 +48,8 @@ class RunPlan:
     run_dir: Path
     write_top_report: bool
     command: list[str] = field(default_factory=list)
+    shuffle_seed: int | None = None  # None: declared order
+    resume: bool = False  # keep variants already measured in run_dir
 
 
 def resolve_knobs(pairs: list[Pair], settings: list[str]) -> dict[str, dict[str, int]]:
@@ -103,7 +109,7 @@ def start_server(
 ) -> tuple[ManagedProcess, int]:
     port = free_port()
     env = os.environ | {
-        "BENCH_DSN": db.dsn,
+        "BENCH_DSN": db.variant_dsn,
         "BENCH_VARIANT": variant.name,
         "BENCH_KNOBS": json.dumps(knobs),
         "PYTHONPATH": str(ROOT),
@@ -140,14 +146,14 @@ def start_server(
     return server, port
 
 
-def verify(port: int, variant: Variant, db: Database, rows: int) -> dict[str, Any]:
+def verify(port: int, variant: Variant, db: Database, rows: int, timeout_s: float = 10.0) -> dict[str, Any]:
     """One request for a random seeded row: status 200 and exactly that row as JSON.
     One only: the leaky pool variant loses a connection per request by design."""
     item_id = random.randint(1, rows)
     expected = database.fetch_row(db, item_id)
     url = f"http://127.0.0.1:{port}{variant.path.format(id=item_id)}"
     try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             status, body = resp.status, resp.read()
     except urllib.error.HTTPError as err:
         status, body = err.code, err.read()
@@ -163,7 +169,13 @@ def verify(port: int, variant: Variant, db: Database, rows: int) -> dict[str, An
 
 
 def run_load(
-    port: int, variant: Variant, scenario: Scenario, folder: Path, progress: Progress, sampler: ConnectionSampler
+    port: int,
+    variant: Variant,
+    scenario: Scenario,
+    folder: Path,
+    progress: Progress,
+    sampler: ConnectionSampler,
+    server: ManagedProcess,
 ) -> None:
     run_time = math.ceil(scenario.warmup_s + scenario.duration_s)
     env = os.environ | {
@@ -211,6 +223,10 @@ def run_load(
             elapsed = time.monotonic() - started
             if elapsed > deadline:
                 raise BenchError(f"Locust did not finish within {deadline:g} s")
+            if server.exited() is not None:  # a crashed server ends the variant at once
+                raise BenchError(
+                    f"server exited with status {server.exited()} during load: {log_tail(folder / 'server.log', 3)}"
+                )
             phase = "measuring" if "measure_start" in _phases(folder) else "warm-up"
             progress.tick(f"{phase}  {max(0, run_time - elapsed):3.0f} s left  {sampler.last_total} backends")
         if code != 0:
@@ -254,7 +270,7 @@ def measure_variant(plan: RunPlan, db: Database, pair: Pair, variant: Variant, p
         progress.say("starting server")
         server, port = start_server(pair, variant, knobs, db, folder, plan.scenario)
         try:
-            meta["verification"] = verify(port, variant, db, plan.scenario.rows)
+            meta["verification"] = verify(port, variant, db, plan.scenario.rows, plan.scenario.request_timeout_s)
             progress.say("verified; load running")
             sampler = ConnectionSampler(db, server.pid, folder / "connections.csv", plan.scenario.sample_interval_s)
             with (
@@ -263,17 +279,15 @@ def measure_variant(plan: RunPlan, db: Database, pair: Pair, variant: Variant, p
                     "127.0.0.1", port, folder / "probe.csv", plan.scenario.probe_rate, plan.scenario.request_timeout_s
                 ),
             ):
-                run_load(port, variant, plan.scenario, folder, progress, sampler)
-            if server.exited() is not None:
-                raise BenchError(
-                    f"server exited with status {server.exited()} during load: {log_tail(folder / 'server.log', 3)}"
-                )
+                run_load(port, variant, plan.scenario, folder, progress, sampler, server)
         finally:
             server.stop()
         meta["status"] = "ok"
-    except BenchError as err:
-        meta |= {"status": "failed", "error": str(err)}
-        progress.say(f"FAILED: {err}")
+    except (BenchError, psycopg2.Error) as err:
+        reason = str(err) if isinstance(err, BenchError) else f"database error: {database.first_line(err)}"
+        meta |= {"status": "failed", "error": database.redact(reason)}
+        meta["server_log_tail"] = log_tail(folder / "server.log", 15)
+        progress.say(f"FAILED: {meta['error']}")
     finally:
         if meta["status"] == "running":  # interrupted: leave an honest record behind
             meta |= {"status": "failed", "error": "interrupted"}
@@ -297,6 +311,8 @@ def measure_variant(plan: RunPlan, db: Database, pair: Pair, variant: Variant, p
 
 
 def write_summary(plan: RunPlan, records: list[dict[str, Any]]) -> None:
+    declared = {(p.name, v.name): i for i, (p, v) in enumerate((p, v) for p in plan.pairs for v in p.variants)}
+    records = sorted(records, key=lambda r: declared.get((r["pair"], r["variant"]), len(declared)))
     found = analysis.verdicts(records, plan.pairs, plan.knobs)
     store.write_json(
         plan.run_dir / "summary.json",
@@ -311,26 +327,61 @@ def write_summary(plan: RunPlan, records: list[dict[str, Any]]) -> None:
     )
 
 
-def run(plan: RunPlan) -> Path:
-    manifest = store.new_manifest(plan.scenario.to_dict(), plan.knobs, plan.command)
+def variant_order(plan: RunPlan) -> list[tuple[Pair, Variant]]:
+    """Declared order, or shuffled with a recorded seed so order effects can show."""
+    order = [(pair, variant) for pair in plan.pairs for variant in pair.variants]
+    if plan.shuffle_seed is not None:
+        random.Random(plan.shuffle_seed).shuffle(order)
+    return order
+
+
+def _completed(folder: Path) -> bool:
+    try:
+        return bool(store.read_json(folder / "variant.json").get("status") == "ok")
+    except (OSError, ValueError):
+        return False
+
+
+def _measure_all(plan: RunPlan, db: Database, manifest: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    manifest["database"] = {
+        "source": db.source,
+        "dsn": db.redacted,
+        "app_role": db.app_role or "same as dsn",
+        **database.server_settings(db),
+    }
     store.write_json(plan.run_dir / "manifest.json", manifest)
-    progress = Progress(sum(len(pair.variants) for pair in plan.pairs))
+    database.prepare(db, plan.scenario.rows)
+    order = variant_order(plan)
+    progress = Progress(len(order))
+    for pair, variant in order:
+        progress.variant(pair.name, variant.name)
+        folder = store.variant_dir(plan.run_dir, pair.name, variant.name)
+        if plan.resume and _completed(folder):
+            progress.say("measured before; kept")
+            records.append(analysis.summarize_variant(folder))
+            continue
+        shutil.rmtree(folder, ignore_errors=True)  # a half-measured variant starts over
+        records.append(measure_variant(plan, db, pair, variant, progress))
+        write_summary(plan, records)
+
+
+def run(plan: RunPlan, db: Database | None = None) -> Path:
+    """Measure every variant of the plan (on `db` if given, else one provisioned for
+    the run), writing each variant's files as it goes; then render the report."""
+    if plan.resume:
+        manifest = store.read_json(plan.run_dir / "manifest.json")
+        manifest.setdefault("resumed", []).append(store.now())
+    else:
+        manifest = store.new_manifest(plan.scenario.to_dict(), plan.knobs, plan.command)
+        manifest["shuffle_seed"] = plan.shuffle_seed
+    manifest |= {"status": "running", "finished": None}
+    manifest["order"] = [f"{pair.name}/{variant.name}" for pair, variant in variant_order(plan)]
+    store.write_json(plan.run_dir / "manifest.json", manifest)
     records: list[dict[str, Any]] = []
     try:
         print(f"run folder: {plan.run_dir}", file=sys.stderr)
-        with database.provision(plan.dsn, PG_HOME) as db:
-            manifest["database"] = {
-                "source": db.source,
-                "dsn": db.redacted,
-                **database.server_settings(db),
-            }
-            store.write_json(plan.run_dir / "manifest.json", manifest)
-            database.prepare(db, plan.scenario.rows)
-            for pair in plan.pairs:
-                for variant in pair.variants:
-                    progress.variant(pair.name, variant.name)
-                    records.append(measure_variant(plan, db, pair, variant, progress))
-                    write_summary(plan, records)
+        with contextlib.nullcontext(db) if db else database.provision(plan.dsn, PG_HOME) as ready:
+            _measure_all(plan, ready, manifest, records)
         manifest["status"] = "complete"
     except (KeyboardInterrupt, Interrupted):
         manifest["status"] = "interrupted"

@@ -110,3 +110,16 @@ def test_sigterm_mid_run_keeps_completed_variants_and_leaves_no_process(db: Data
     assert json.loads((out / "blocking" / "async-to-thread" / "variant.json").read_text())["error"] == "interrupted"
     time.sleep(1)
     assert processes_of_run(str(out)) == []
+    kept = summary["variants"][0]
+
+    # --resume measures only what is missing and completes the run.
+    result = bench("run", "--resume", str(out), "--dsn", db.dsn)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "measured before; kept" in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and len(manifest["resumed"]) == 1
+    records = {r["variant"]: r for r in json.loads((out / "summary.json").read_text())["variants"]}
+    assert [r for r in records] == ["async-blocking", "async-to-thread", "sync-def"]
+    assert all(r["status"] == "ok" for r in records.values())
+    assert records["async-blocking"]["requests"] == kept["requests"]
+    assert "verdict" in (out / "REPORT.md").read_text().lower()

@@ -4,6 +4,9 @@ catches a variant that does not."""
 from __future__ import annotations
 
 import dataclasses
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,10 +26,26 @@ def test_variant_verifies(db: Database, pair: Pair, variant: Variant, tmp_path: 
     server, port = runner.start_server(pair, variant, pair.knobs, db, tmp_path, SCENARIO)
     try:
         checked = runner.verify(port, variant, db, rows=1000)
+        hostile = {item: hostile_status(port, variant, item) for item in HOSTILE_IDS}
     finally:
         server.stop()
     assert checked["status"] == 200 and checked["body"] == database.fetch_row(db, checked["id"])
     assert server.exited() is not None
+    # Parameterised queries and typed paths: hostile ids are refused, never a 500.
+    assert all(400 <= status < 500 for status in hostile.values()), hostile
+    assert database.fetch_row(db, 1000) is not None and database.fetch_row(db, 1001) is None
+
+
+HOSTILE_IDS = ["1;DROP TABLE bench_items", "1' OR '1'='1", "abc", "0", "-1", "9" * 40, "1.5", "%00"]
+
+
+def hostile_status(port: int, variant: Variant, item: str) -> int:
+    url = f"http://127.0.0.1:{port}{variant.path.replace('{id}', urllib.parse.quote(item, safe='%'))}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
 
 
 @pytest.mark.slow
