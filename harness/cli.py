@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="measure pairs and write a run folder and its report")
     run.add_argument("--scenario", default="default", help="quick, default, or a path to a scenario .toml")
-    run.add_argument("--pairs", help="comma-separated pair names (default: all)")
+    run.add_argument("--pairs", help="comma-separated pairs, or pair/variant for one variant (default: all)")
     run.add_argument("--users", type=_positive_int, help="concurrent Locust users (overrides the scenario)")
     run.add_argument("--duration", type=_positive_float, help="measured seconds per variant (overrides the scenario)")
     run.add_argument(
@@ -127,7 +127,7 @@ def plan_resume(args: argparse.Namespace, given: list[str]) -> runner.RunPlan:
     inside_results = run_dir.resolve().is_relative_to(store.RESULTS_DIR.resolve())
     return runner.RunPlan(
         scenario=plan_scenario,
-        pairs=pairs_mod.select(list(manifest["pairs"])),
+        pairs=pairs_mod.select([f"{p}/{v}" for p, names in manifest["variants"].items() for v in names]),
         knobs=manifest["pairs"],
         dsn=args.dsn,
         run_dir=run_dir,

@@ -12,7 +12,7 @@ import ast
 import difflib
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -128,14 +128,29 @@ def discover() -> dict[str, Pair]:
 
 
 def select(names: list[str] | None) -> list[Pair]:
-    """The pairs named on the command line (all when none), with a hint for typos."""
+    """The pairs named on the command line (all when none), with a hint for typos.
+    `pair/variant` keeps only that variant of the pair."""
     pairs = discover()
     if not names:
         return list(pairs.values())
-    unknown = [name for name in names if name not in pairs]
-    if unknown:
-        raise BenchError(f"unknown pair {unknown[0]!r}{_did_you_mean(unknown[0], list(pairs))}")
-    return [pairs[name] for name in dict.fromkeys(names)]
+    chosen: dict[str, list[str] | None] = {}  # None: the whole pair
+    for name in names:
+        pair_name, _, variant_name = name.partition("/")
+        if pair_name not in pairs:
+            raise BenchError(f"unknown pair {pair_name!r}{_did_you_mean(pair_name, list(pairs))}")
+        if not variant_name:
+            chosen[pair_name] = None
+            continue
+        pairs[pair_name].variant(variant_name)  # an unknown variant raises with a hint
+        picked = chosen.setdefault(pair_name, [])
+        if picked is not None and variant_name not in picked:
+            picked.append(variant_name)
+    return [
+        pairs[name]
+        if picked is None
+        else replace(pairs[name], variants=tuple(v for v in pairs[name].variants if v.name in picked))
+        for name, picked in chosen.items()
+    ]
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:

@@ -375,6 +375,7 @@ def run(plan: RunPlan, db: Database | None = None) -> Path:
         manifest = store.new_manifest(plan.scenario.to_dict(), plan.knobs, plan.command)
         manifest["shuffle_seed"] = plan.shuffle_seed
     manifest |= {"status": "running", "finished": None}
+    manifest["variants"] = {pair.name: [v.name for v in pair.variants] for pair in plan.pairs}
     manifest["order"] = [f"{pair.name}/{variant.name}" for pair, variant in variant_order(plan)]
     store.write_json(plan.run_dir / "manifest.json", manifest)
     records: list[dict[str, Any]] = []

@@ -28,6 +28,8 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
         (["run", "--set", "nonsense=3"], "unknown knob 'nonsense'"),
         (["run", "--pairs", "deps", "--set", "block_ms=20"], "unknown knob 'block_ms'"),
         (["run", "--scenario", "nope"], "no scenario 'nope'"),
+        (["run", "--pairs", "sessions/pool-leak"], "did you mean 'pool-leaky'"),
+        (["run", "--scenario", "quick", "--resume", "results"], "is not a run folder"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -72,3 +74,10 @@ def test_list_names_every_pair_and_claim() -> None:
     assert result.returncode == 0
     for text in ("deps", "[C1]", "sessions", "[C7]", "blocking", "[C11]", "block_ms=10"):
         assert text in result.stdout
+
+
+def test_output_folder_that_cannot_be_created(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = bench("run", "--out", str(blocker / "run"))
+    assert result.returncode == 2 and "cannot write to" in result.stderr

@@ -30,3 +30,11 @@ def test_select_suggests_a_close_name() -> None:
 
 def test_select_keeps_order_and_drops_duplicates() -> None:
     assert [p.name for p in select(["blocking", "deps", "blocking"])] == ["blocking", "deps"]
+
+
+def test_select_a_single_variant_and_suggest_variant_names() -> None:
+    [deps] = select(["deps/async-dep", "deps/sync-dep", "deps/async-dep"])
+    assert [v.name for v in deps.variants] == ["sync-dep", "async-dep"]  # declared order
+    with pytest.raises(BenchError, match=r"no variant 'async-deps' .*did you mean 'async-dep'"):
+        select(["deps/async-deps"])
+    assert len(select(["deps/sync-dep", "deps"])[0].variants) == 3
