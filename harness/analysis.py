@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness import store
 from harness.pairs import Pair, Verdict
 from harness.store import read_json
 
@@ -176,3 +177,24 @@ def verdicts(records: list[dict[str, Any]], pairs: list[Pair], knobs: dict[str, 
         if mine:
             out[pair.name] = pair.decide(mine, knobs.get(pair.name, pair.knobs))
     return out
+
+
+def write_summary(
+    run_dir: Path, scenario: str, records: list[dict[str, Any]], pairs: list[Pair], knobs: dict[str, dict[str, int]]
+) -> None:
+    """summary.json: the records in declared order (whatever order they ran in) and
+    each pair's verdict on them."""
+    declared = {(p.name, v.name): i for i, (p, v) in enumerate((p, v) for p in pairs for v in p.variants)}
+    records = sorted(records, key=lambda r: declared.get((r["pair"], r["variant"]), len(declared)))
+    found = verdicts(records, pairs, knobs)
+    store.write_json(
+        run_dir / "summary.json",
+        {
+            "format_version": store.FORMAT_VERSION,
+            "scenario": scenario,
+            "variants": records,
+            "verdicts": {
+                name: {"outcome": v.outcome, "text": v.text, "figures": v.figures} for name, v in found.items()
+            },
+        },
+    )

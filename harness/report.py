@@ -62,18 +62,7 @@ def rebuild(run_dir: Path, write_top_report: bool) -> Path:
     manifest = store.read_json(run_dir / "manifest.json")
     pairs = _pairs_in_run(run_dir)
     records = analysis.load_records(run_dir, pairs)
-    found = analysis.verdicts(records, pairs, manifest["pairs"])
-    store.write_json(
-        run_dir / "summary.json",
-        {
-            "format_version": store.FORMAT_VERSION,
-            "scenario": manifest["scenario"]["name"],
-            "variants": records,
-            "verdicts": {
-                name: {"outcome": v.outcome, "text": v.text, "figures": v.figures} for name, v in found.items()
-            },
-        },
-    )
+    analysis.write_summary(run_dir, manifest["scenario"]["name"], records, pairs, manifest["pairs"])
     return render(run_dir, write_top_report)
 
 

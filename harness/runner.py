@@ -311,20 +311,7 @@ def measure_variant(plan: RunPlan, db: Database, pair: Pair, variant: Variant, p
 
 
 def write_summary(plan: RunPlan, records: list[dict[str, Any]]) -> None:
-    declared = {(p.name, v.name): i for i, (p, v) in enumerate((p, v) for p in plan.pairs for v in p.variants)}
-    records = sorted(records, key=lambda r: declared.get((r["pair"], r["variant"]), len(declared)))
-    found = analysis.verdicts(records, plan.pairs, plan.knobs)
-    store.write_json(
-        plan.run_dir / "summary.json",
-        {
-            "format_version": store.FORMAT_VERSION,
-            "scenario": plan.scenario.name,
-            "variants": records,
-            "verdicts": {
-                name: {"outcome": v.outcome, "text": v.text, "figures": v.figures} for name, v in found.items()
-            },
-        },
-    )
+    analysis.write_summary(plan.run_dir, plan.scenario.name, records, plan.pairs, plan.knobs)
 
 
 def variant_order(plan: RunPlan) -> list[tuple[Pair, Variant]]:

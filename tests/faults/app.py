@@ -45,11 +45,7 @@ async def crash_load(item_id: int) -> Item:
     served += 1
     if served > 20:  # passes verification, dies under load
         os._exit(3)
-    conn = await asyncpg.connect(dsn())
-    try:
-        return await fetch_item_asyncpg(conn, item_id)
-    finally:
-        await conn.close()
+    return await ok(item_id)
 
 
 @app.get("/hog-connections/items/{item_id}")
