@@ -104,10 +104,9 @@ class Progress:
 # --- the steps --------------------------------------------------------------------------
 
 
-def start_server(
-    pair: Pair, variant: Variant, knobs: dict[str, int], db: Database, folder: Path, scenario: Scenario
-) -> tuple[ManagedProcess, int]:
-    port = free_port()
+def _start_once(
+    pair: Pair, variant: Variant, knobs: dict[str, int], db: Database, folder: Path, scenario: Scenario, port: int
+) -> ManagedProcess:
     env = os.environ | {
         "BENCH_DSN": db.variant_dsn,
         "BENCH_VARIANT": variant.name,
@@ -137,13 +136,27 @@ def start_server(
         env,
         ROOT,
     )
-    server.start()
-    try:
+    with contextlib.ExitStack() as on_failure:
+        on_failure.callback(server.stop)
+        server.start()
         server.wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/ping"), scenario.start_timeout_s, "answering /ping")
-    except BaseException:
-        server.stop()
-        raise
-    return server, port
+        on_failure.pop_all()
+    return server
+
+
+def start_server(
+    pair: Pair, variant: Variant, knobs: dict[str, int], db: Database, folder: Path, scenario: Scenario
+) -> tuple[ManagedProcess, int]:
+    """Start the variant's server on a free loopback port. Another process can take the
+    port between the probe and uvicorn's bind; then try another one."""
+    for attempt in range(3):
+        port = free_port()
+        try:
+            return _start_once(pair, variant, knobs, db, folder, scenario, port), port
+        except BenchError as err:
+            if attempt == 2 or "address already in use" not in str(err).lower():
+                raise
+    raise AssertionError("unreachable")
 
 
 def verify(port: int, variant: Variant, db: Database, rows: int, timeout_s: float = 10.0) -> dict[str, Any]:
@@ -338,6 +351,7 @@ def _measure_all(plan: RunPlan, db: Database, manifest: dict[str, Any], records:
     }
     store.write_json(plan.run_dir / "manifest.json", manifest)
     database.prepare(db, plan.scenario.rows)
+    print(f"run folder: {plan.run_dir}", file=sys.stderr)  # only once there is something to run
     order = variant_order(plan)
     progress = Progress(len(order))
     for pair, variant in order:
@@ -367,7 +381,6 @@ def run(plan: RunPlan, db: Database | None = None) -> Path:
     store.write_json(plan.run_dir / "manifest.json", manifest)
     records: list[dict[str, Any]] = []
     try:
-        print(f"run folder: {plan.run_dir}", file=sys.stderr)
         with contextlib.nullcontext(db) if db else database.provision(plan.dsn, PG_HOME) as ready:
             _measure_all(plan, ready, manifest, records)
         manifest["status"] = "complete"

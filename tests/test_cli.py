@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,14 @@ def test_output_folder_that_cannot_be_created(tmp_path: Path) -> None:
     blocker.write_text("")
     result = bench("run", "--out", str(blocker / "run"))
     assert result.returncode == 2 and "cannot write to" in result.stderr
+
+
+def test_dsn_pointing_at_a_port_that_is_not_postgres() -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        threading.Thread(target=lambda: other.accept()[0].close(), daemon=True).start()
+        result = bench("run", "--dsn", f"postgresql://bench:pw@127.0.0.1:{port}/bench")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert f"cannot reach PostgreSQL at postgresql://bench:***@127.0.0.1:{port}/bench" in result.stderr

@@ -4,14 +4,16 @@ catches a variant that does not."""
 from __future__ import annotations
 
 import dataclasses
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
-from harness import database, runner
+from harness import database, procs, runner
 from harness.database import Database
 from harness.pairs import BenchError, Pair, Variant, discover
 from harness.scenario import Scenario
@@ -27,10 +29,12 @@ def test_variant_verifies(db: Database, pair: Pair, variant: Variant, tmp_path: 
     try:
         checked = runner.verify(port, variant, db, rows=1000)
         hostile = {item: hostile_status(port, variant, item) for item in HOSTILE_IDS}
+        listening = {c.laddr.ip for c in psutil.Process(server.pid).net_connections("inet") if c.status == "LISTEN"}
     finally:
         server.stop()
     assert checked["status"] == 200 and checked["body"] == database.fetch_row(db, checked["id"])
     assert server.exited() is not None
+    assert listening == {"127.0.0.1"}, "servers listen on loopback only"
     # Parameterised queries and typed paths: hostile ids are refused, never a 500.
     assert all(400 <= status < 500 for status in hostile.values()), hostile
     assert database.fetch_row(db, 1000) is not None and database.fetch_row(db, 1001) is None
@@ -72,3 +76,26 @@ def test_server_that_dies_at_start_fails_fast_with_its_log(db: Database, tmp_pat
     broken = dataclasses.replace(pair, name="no_such_pair")
     with pytest.raises(BenchError, match="exited with status"):
         runner.start_server(broken, pair.variants[0], {}, db, tmp_path, SCENARIO)
+
+
+@pytest.mark.slow
+def test_port_taken_before_the_server_binds_is_retried(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pair = discover()["deps"]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        ports = iter([taken, procs.free_port()])
+        monkeypatch.setattr(runner, "free_port", lambda: next(ports))
+        server, port = runner.start_server(pair, pair.variants[1], {}, db, tmp_path, SCENARIO)
+        server.stop()
+    assert port != taken
+    assert "address already in use" in (tmp_path / "server.log").read_text().lower()
+
+
+def test_postgres_settings_listen_on_loopback(db: Database) -> None:
+    with db.connect() as conn, conn.cursor() as cur:
+        cur.execute("SHOW listen_addresses")
+        assert cur.fetchone()[0] == "127.0.0.1"
