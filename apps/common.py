@@ -7,9 +7,14 @@ environment, so the DSN (and its password) never shows in a process listing.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
@@ -61,7 +66,50 @@ async def fetch_item_asyncpg(conn: Any, item_id: int) -> Item:
     return item_or_404(await conn.fetchrow(ITEM_SQL_ASYNCPG, item_id))
 
 
-probe_router = APIRouter()
+# How often the loop monitor asks to be woken; its lateness is the loop's lag.
+LAG_PERIOD_S = 0.01
+
+
+async def _record_loop_lag(path: str) -> None:
+    buffered: list[str] = []
+    with open(path, "w") as out:
+        out.write("time,lag_ms\n")
+        last_flush = time.monotonic()
+        try:
+            while True:
+                # time.monotonic(), not loop.time(): uvloop caches loop time per iteration,
+                # which would hide a callback that blocked earlier in the same iteration.
+                due = time.monotonic() + LAG_PERIOD_S
+                await asyncio.sleep(LAG_PERIOD_S)
+                woke = time.monotonic()
+                buffered.append(f"{time.time():.3f},{(woke - due) * 1000:.2f}\n")
+                if woke - last_flush >= 0.5:  # batch the writes: this task runs on the loop it measures
+                    out.writelines(buffered)
+                    out.flush()
+                    buffered.clear()
+                    last_flush = woke
+        finally:
+            out.writelines(buffered)
+
+
+@asynccontextmanager
+async def watch_loop_lag(app: Any) -> AsyncIterator[None]:
+    """While the runner asks for it (BENCH_LOOP_LAG_FILE), record event-loop lag."""
+    path = os.environ.get("BENCH_LOOP_LAG_FILE")
+    if not path:
+        yield
+        return
+    task = asyncio.create_task(_record_loop_lag(path))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+# Every variant app includes this router: /ping, and the loop-lag monitor in its lifespan.
+probe_router = APIRouter(lifespan=watch_loop_lag)
 
 
 @probe_router.get("/ping")

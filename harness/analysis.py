@@ -123,6 +123,18 @@ def _probe(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
     }
 
 
+def _loop_lag(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
+    path = folder / "loop_lag.csv"
+    lag = _in_window(pd.read_csv(path), "time", window)["lag_ms"] if path.is_file() else pd.Series(dtype=float)
+    if lag.empty:  # an app without the monitor, or one that never got to run it
+        return {"loop_lag_p50_ms": None, "loop_lag_p99_ms": None, "loop_lag_max_ms": None}
+    return {
+        "loop_lag_p50_ms": float(lag.quantile(0.50)),
+        "loop_lag_p99_ms": float(lag.quantile(0.99)),
+        "loop_lag_max_ms": float(lag.max()),
+    }
+
+
 def _connections(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
     samples = _in_window(pd.read_csv(folder / "connections.csv"), "time", window)
     counted = samples.dropna(subset=["total"])
@@ -151,6 +163,7 @@ def summarize_variant(folder: Path) -> dict[str, Any]:
     record |= _locust_totals(folder, window)
     record |= _probe(folder, window)
     record |= _connections(folder, window)
+    record |= _loop_lag(folder, window)
     record["measured_s"] = round(window[1] - window[0], 2)
     return record
 

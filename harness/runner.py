@@ -111,6 +111,7 @@ def _start_once(
         "BENCH_DSN": db.variant_dsn,
         "BENCH_VARIANT": variant.name,
         "BENCH_KNOBS": json.dumps(knobs),
+        "BENCH_LOOP_LAG_FILE": str(folder / "loop_lag.csv"),
         "PYTHONPATH": str(ROOT),
     }
     server = ManagedProcess(

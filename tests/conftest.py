@@ -53,6 +53,7 @@ def write_variant(
     status: str = "ok",
     window: tuple[float, float] = (1000.0, 1010.0),
     settled: int = 0,
+    lag_ms: list[float] | None = None,
 ) -> Path:
     """Raw files for one variant, shaped like a real run's, with known contents."""
     folder = run_dir / pair / variant
@@ -87,6 +88,9 @@ def write_variant(
     probe_rows = [[start - 1, 99999, 200, ""]]
     probe_rows += [[start + i * (stop - start) / len(pings), ms, 200, ""] for i, ms in enumerate(pings)]
     _write_csv(folder / "probe.csv", ["intended", "latency_ms", "status", "error"], probe_rows)
+    lags = lag_ms or [0.5] * 20
+    lag_rows = [[start - 1, 5000.0]] + [[start + i * (stop - start) / len(lags), ms] for i, ms in enumerate(lags)]
+    _write_csv(folder / "loop_lag.csv", ["time", "lag_ms"], lag_rows)
     counts = backends or [5] * 20
     conn_rows = [[start - 1, 500, 0, 0, 0, 0, 50, 100, ""]]
     conn_rows += [[start + i * (stop - start) / len(counts), n, n, 0, 0, 0, 90, 120, ""] for i, n in enumerate(counts)]

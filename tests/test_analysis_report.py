@@ -16,7 +16,7 @@ from tests.conftest import write_manifest, write_variant
 def test_summary_uses_the_measured_window_only(tmp_path: Path) -> None:
     folder = write_variant(
         tmp_path, "deps", "async-dep", "good", requests=500, failures=50,
-        ping_ms=[1.0] * 99 + [250.0], backends=[3] * 19 + [7],
+        ping_ms=[1.0] * 99 + [250.0], backends=[3] * 19 + [7], lag_ms=[0.4] * 99 + [80.0],
     )  # fmt: skip
     record = analysis.summarize_variant(folder)
     assert record["status"] == "ok"
@@ -29,6 +29,8 @@ def test_summary_uses_the_measured_window_only(tmp_path: Path) -> None:
     assert record["peak_connections"] == 7
     assert record["mean_connections"] == pytest.approx((3 * 19 + 7) / 20)
     assert record["top_failures"] == [["LocustBadStatusCode(code=503)", 50]]
+    # Loop lag: the 5000 ms warm-up sample is outside the window.
+    assert record["loop_lag_max_ms"] == 80.0 and record["loop_lag_p50_ms"] == pytest.approx(0.4)
 
 
 def test_failed_variant_keeps_its_reason_and_no_numbers(tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ def test_tiny_run_end_to_end(tmp_path: Path) -> None:
     for (pair, variant), record in records.items():
         assert record["status"] == "ok", (pair, variant, record["error"])
         assert record["requests"] > 0 and record["ping_samples"] > 0
+        assert record["loop_lag_p99_ms"] is not None, "every variant records its event-loop lag"
         assert record["peak_connections"] is not None
         rows = (out / pair / variant / "connections.csv").read_text().splitlines()
         assert len(rows) > 3, "connection samples for the whole load"
@@ -81,6 +82,8 @@ def test_blocking_physics_at_20_ms(db: Database, tmp_path: Path) -> None:
     records = {r["variant"]: r for r in json.loads((out / "summary.json").read_text())["variants"]}
     assert records["async-blocking"]["rps"] <= 50 * 1.02
     assert records["async-to-thread"]["rps"] > 50
+    # The loop monitor waits behind each 20 ms call whenever it wakes during one.
+    assert records["async-blocking"]["loop_lag_p99_ms"] >= 15
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["database"]["source"] == "dsn" and manifest["pairs"] == {"blocking": {"block_ms": 20}}
 
