@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
 
@@ -71,9 +72,11 @@ LAG_PERIOD_S = 0.01
 
 
 async def _record_loop_lag(path: str) -> None:
+    # anyio's limiter runs `def` endpoints and sync dependencies: 40 tokens by default.
+    limiter = anyio.to_thread.current_default_thread_limiter()
     buffered: list[str] = []
     with open(path, "w") as out:
-        out.write("time,lag_ms\n")
+        out.write("time,lag_ms,threads_busy\n")
         last_flush = time.monotonic()
         try:
             while True:
@@ -82,7 +85,7 @@ async def _record_loop_lag(path: str) -> None:
                 due = time.monotonic() + LAG_PERIOD_S
                 await asyncio.sleep(LAG_PERIOD_S)
                 woke = time.monotonic()
-                buffered.append(f"{time.time():.3f},{(woke - due) * 1000:.2f}\n")
+                buffered.append(f"{time.time():.3f},{(woke - due) * 1000:.2f},{limiter.borrowed_tokens}\n")
                 if woke - last_flush >= 0.5:  # batch the writes: this task runs on the loop it measures
                     out.writelines(buffered)
                     out.flush()
@@ -94,7 +97,8 @@ async def _record_loop_lag(path: str) -> None:
 
 @asynccontextmanager
 async def watch_loop_lag(app: Any) -> AsyncIterator[None]:
-    """While the runner asks for it (BENCH_LOOP_LAG_FILE), record event-loop lag."""
+    """While the runner asks for it (BENCH_LOOP_LAG_FILE), record event-loop lag and
+    how many of anyio's worker-thread tokens are borrowed."""
     path = os.environ.get("BENCH_LOOP_LAG_FILE")
     if not path:
         yield

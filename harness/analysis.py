@@ -125,13 +125,19 @@ def _probe(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
 
 def _loop_lag(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
     path = folder / "loop_lag.csv"
-    lag = _in_window(pd.read_csv(path), "time", window)["lag_ms"] if path.is_file() else pd.Series(dtype=float)
-    if lag.empty:  # an app without the monitor, or one that never got to run it
-        return {"loop_lag_p50_ms": None, "loop_lag_p99_ms": None, "loop_lag_max_ms": None}
+    samples = _in_window(pd.read_csv(path), "time", window) if path.is_file() else pd.DataFrame()
+    if samples.empty:  # an app without the monitor, or one that never got to run it
+        return dict.fromkeys(
+            ["loop_lag_p50_ms", "loop_lag_p99_ms", "loop_lag_max_ms", "threads_busy_mean", "threads_busy_peak"]
+        )
+    lag = samples["lag_ms"]
+    threads = samples["threads_busy"] if "threads_busy" in samples else pd.Series([float("nan")])
     return {
         "loop_lag_p50_ms": float(lag.quantile(0.50)),
         "loop_lag_p99_ms": float(lag.quantile(0.99)),
         "loop_lag_max_ms": float(lag.max()),
+        "threads_busy_mean": None if threads.isna().all() else float(threads.mean()),
+        "threads_busy_peak": None if threads.isna().all() else int(threads.max()),
     }
 
 

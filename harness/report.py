@@ -184,6 +184,11 @@ COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("max ms", "--:", lambda r: _num(r["max_ms"])),
     ("/ping p99 ms", "--:", lambda r: _num(r["ping_p99_ms"], 1)),
     ("loop lag p99 ms", "--:", lambda r: _num(r.get("loop_lag_p99_ms"), 1)),
+    (
+        "worker threads mean/peak",
+        "--:",
+        lambda r: f"{_num(r.get('threads_busy_mean'), 1)} / {_num(r.get('threads_busy_peak'))}",
+    ),
     ("peak backends", "--:", lambda r: _num(r["peak_connections"])),
     ("mean backends", "--:", lambda r: _num(r["mean_connections"], 1)),
 ]
@@ -298,7 +303,9 @@ def render(run_dir: Path, write_top_report: bool) -> Path:
             "- `/ping` is an `async def` route that does nothing; the runner requests it on a fixed schedule "
             "alongside the load and measures latency from the scheduled time, so a stalled event loop shows in full.",
             "- Loop lag: every variant's process runs a task that asks the event loop to wake it every 10 ms "
-            "and records how late it woke; its p99 over the measured window is the direct measure of a blocked loop.",
+            "and records how late it woke; its p99 over the measured window is the direct measure of a blocked loop. "
+            "The same task counts the anyio worker-thread tokens in use (of 40), which `def` endpoints and sync "
+            "dependencies borrow.",
             "- Backends are counted from `pg_stat_activity` (client backends on the suite's database, the harness's "
             "own excluded) every 0.5 s; after each variant the runner ends leftover backends and waits for the "
             "baseline.",

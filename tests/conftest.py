@@ -89,8 +89,9 @@ def write_variant(
     probe_rows += [[start + i * (stop - start) / len(pings), ms, 200, ""] for i, ms in enumerate(pings)]
     _write_csv(folder / "probe.csv", ["intended", "latency_ms", "status", "error"], probe_rows)
     lags = lag_ms or [0.5] * 20
-    lag_rows = [[start - 1, 5000.0]] + [[start + i * (stop - start) / len(lags), ms] for i, ms in enumerate(lags)]
-    _write_csv(folder / "loop_lag.csv", ["time", "lag_ms"], lag_rows)
+    lag_rows = [[start - 1, 5000.0, 40]]
+    lag_rows += [[start + i * (stop - start) / len(lags), ms, i % 4] for i, ms in enumerate(lags)]
+    _write_csv(folder / "loop_lag.csv", ["time", "lag_ms", "threads_busy"], lag_rows)
     counts = backends or [5] * 20
     conn_rows = [[start - 1, 500, 0, 0, 0, 0, 50, 100, ""]]
     conn_rows += [[start + i * (stop - start) / len(counts), n, n, 0, 0, 0, 90, 120, ""] for i, n in enumerate(counts)]

@@ -31,6 +31,7 @@ def test_summary_uses_the_measured_window_only(tmp_path: Path) -> None:
     assert record["top_failures"] == [["LocustBadStatusCode(code=503)", 50]]
     # Loop lag: the 5000 ms warm-up sample is outside the window.
     assert record["loop_lag_max_ms"] == 80.0 and record["loop_lag_p50_ms"] == pytest.approx(0.4)
+    assert record["threads_busy_peak"] == 3 and record["threads_busy_mean"] == pytest.approx(1.5)
 
 
 def test_failed_variant_keeps_its_reason_and_no_numbers(tmp_path: Path) -> None:

@@ -84,6 +84,9 @@ def test_blocking_physics_at_20_ms(db: Database, tmp_path: Path) -> None:
     assert records["async-to-thread"]["rps"] > 50
     # The loop monitor waits behind each 20 ms call whenever it wakes during one.
     assert records["async-blocking"]["loop_lag_p99_ms"] >= 15
+    # Only the `def` endpoint borrows anyio's worker threads; to_thread uses the loop's executor.
+    assert records["sync-def"]["threads_busy_peak"] >= 1
+    assert records["async-to-thread"]["threads_busy_peak"] == 0 and records["async-blocking"]["threads_busy_peak"] == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["database"]["source"] == "dsn" and manifest["pairs"] == {"blocking": {"block_ms": 20}}
 
