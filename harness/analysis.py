@@ -5,7 +5,6 @@ Only stored files are read, so `bench.py report` can rebuild everything later.
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from pathlib import Path
@@ -17,6 +16,8 @@ from harness import store
 from harness.pairs import Pair, Verdict
 from harness.store import read_json
 
+# Measured inside the variant's server by apps.common's loop monitor.
+LOOP_FIELDS = ("loop_lag_p50_ms", "loop_lag_p99_ms", "loop_lag_max_ms", "threads_busy_mean", "threads_busy_peak")
 # Fields every record carries; None when the variant produced no measurement.
 RECORD_FIELDS = [
     "pair",
@@ -37,10 +38,12 @@ RECORD_FIELDS = [
     "ping_p99_ms",
     "ping_max_ms",
     "ping_failures",
+    *LOOP_FIELDS,
     "peak_connections",
     "mean_connections",
     "baseline_connections",
     "settled_connections",
+    "terminated_backends",
     "server_cpu_pct",
     "server_rss_mb_peak",
     "measured_s",
@@ -62,13 +65,10 @@ def empty_record(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def measured_window(folder: Path) -> tuple[float, float] | None:
-    phases_file = folder / "phases.json"
-    if not phases_file.is_file():
-        return None
-    phases = json.loads(phases_file.read_text())
+    phases = store.read_phases(folder)
     if "measure_start" not in phases or "load_stop" not in phases:
         return None
-    return float(phases["measure_start"]), float(phases["load_stop"])
+    return phases["measure_start"], phases["load_stop"]
 
 
 def _in_window(frame: pd.DataFrame, column: str, window: tuple[float, float]) -> pd.DataFrame:
@@ -127,9 +127,7 @@ def _loop_lag(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
     path = folder / "loop_lag.csv"
     samples = _in_window(pd.read_csv(path), "time", window) if path.is_file() else pd.DataFrame()
     if samples.empty:  # an app without the monitor, or one that never got to run it
-        return dict.fromkeys(
-            ["loop_lag_p50_ms", "loop_lag_p99_ms", "loop_lag_max_ms", "threads_busy_mean", "threads_busy_peak"]
-        )
+        return dict.fromkeys(LOOP_FIELDS)
     lag = samples["lag_ms"]
     threads = samples["threads_busy"] if "threads_busy" in samples else pd.Series([float("nan")])
     return {

@@ -124,14 +124,13 @@ def plan_resume(args: argparse.Namespace, given: list[str]) -> runner.RunPlan:
         raise BenchError(f"{run_dir} ran against --dsn {manifest['database']['dsn']}; pass --dsn again to resume")
     stored = {k: v for k, v in manifest["scenario"].items() if k != "name"}
     plan_scenario = scenario.Scenario(name=manifest["scenario"]["name"], **stored)
-    inside_results = run_dir.resolve().is_relative_to(store.RESULTS_DIR.resolve())
     return runner.RunPlan(
         scenario=plan_scenario,
         pairs=pairs_mod.select([f"{p}/{v}" for p, names in manifest["variants"].items() for v in names]),
         knobs=manifest["pairs"],
         dsn=args.dsn,
         run_dir=run_dir,
-        write_top_report=inside_results,
+        write_top_report=store.in_results(run_dir),
         command=manifest.get("command", []),
         shuffle_seed=manifest.get("shuffle_seed"),
         resume=True,
@@ -158,8 +157,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or store.latest_run()
     if not store.is_run_dir(run_dir):
         raise BenchError(f"{run_dir} is not a run folder (no manifest.json)")
-    inside_results = run_dir.resolve().is_relative_to(store.RESULTS_DIR.resolve())
-    path = report.rebuild(run_dir, write_top_report=inside_results and not args.no_top)
+    path = report.rebuild(run_dir, write_top_report=store.in_results(run_dir) and not args.no_top)
     print(f"report: {path}")
     return 0
 

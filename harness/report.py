@@ -71,25 +71,21 @@ def rebuild(run_dir: Path, write_top_report: bool) -> Path:
 
 def _series(run_dir: Path, record: dict[str, Any], name: str, column: str) -> pd.DataFrame | None:
     folder = run_dir / record["pair"] / record["variant"]
-    path = folder / name
-    phases = folder / "phases.json"
-    if not path.is_file() or not phases.is_file():
+    start = store.read_phases(folder).get("load_start")
+    if start is None or not (folder / name).is_file():
         return None
-    frame = pd.read_csv(path)
-    start = store.read_json(phases).get("load_start")
-    if start is None or frame.empty:
+    frame = pd.read_csv(folder / name)
+    if frame.empty:
         return None
-    frame["t"] = frame[column] - float(start)
+    frame["t"] = frame[column] - start
     return frame
 
 
 def _warmup_end(run_dir: Path, records: list[dict[str, Any]]) -> float | None:
     for r in records:
-        phases_file = run_dir / r["pair"] / r["variant"] / "phases.json"
-        if phases_file.is_file():
-            phases = store.read_json(phases_file)
-            if "measure_start" in phases and "load_start" in phases:
-                return float(phases["measure_start"]) - float(phases["load_start"])
+        phases = store.read_phases(run_dir / r["pair"] / r["variant"])
+        if "measure_start" in phases and "load_start" in phases:
+            return phases["measure_start"] - phases["load_start"]
     return None
 
 
@@ -122,11 +118,11 @@ def chart_pair(run_dir: Path, pair: Pair, records: list[dict[str, Any]], out: Pa
     ax.set_title("Latency (ms, log scale)")
     ax.legend(fontsize=8)
 
+    warmup_end = _warmup_end(run_dir, ok)
     for ax, file, column, value, title in (
         (axes[1][0], "connections.csv", "time", "total", "PostgreSQL backends (pg_stat_activity)"),
         (axes[1][1], "probe.csv", "intended", "latency_ms", "/ping latency during load (ms, log scale)"),
     ):
-        warmup_end = _warmup_end(run_dir, ok)
         if warmup_end:
             ax.axvspan(0, warmup_end, color="#ececec", label="warm-up (not counted)")
         for r in ok:

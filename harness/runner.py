@@ -241,19 +241,12 @@ def run_load(
                 raise BenchError(
                     f"server exited with status {server.exited()} during load: {log_tail(folder / 'server.log', 3)}"
                 )
-            phase = "measuring" if "measure_start" in _phases(folder) else "warm-up"
+            phase = "measuring" if "measure_start" in store.read_phases(folder) else "warm-up"
             progress.tick(f"{phase}  {max(0, run_time - elapsed):3.0f} s left  {sampler.last_total} backends")
         if code != 0:
             raise BenchError(f"Locust exited with status {code}: {log_tail(folder / 'locust.log', 3)}")
     if not (folder / "locust_stats.csv").is_file():
         raise BenchError("Locust wrote no statistics")
-
-
-def _phases(folder: Path) -> dict[str, float]:
-    try:
-        return dict(json.loads((folder / "phases.json").read_text()))
-    except (OSError, ValueError):
-        return {}
 
 
 def settle(db: Database, baseline: int, timeout_s: float) -> tuple[int, int]:
@@ -313,7 +306,7 @@ def measure_variant(plan: RunPlan, db: Database, pair: Pair, variant: Variant, p
             if meta["settled_connections"] > (meta.get("baseline_connections") or 0):
                 progress.say(f"WARNING: {meta['settled_connections']} backends still open after settling")
         except Exception as err:  # the database itself may be what failed
-            meta["settle_error"] = database.redact(str(err).strip())
+            meta["settle_error"] = database.first_line(err)
         store.write_json(folder / "variant.json", meta)
     record = analysis.summarize_variant(folder)
     if record["status"] == "ok":
@@ -343,7 +336,13 @@ def _completed(folder: Path) -> bool:
         return False
 
 
-def _measure_all(plan: RunPlan, db: Database, manifest: dict[str, Any], records: list[dict[str, Any]]) -> None:
+def _measure_all(
+    plan: RunPlan,
+    db: Database,
+    order: list[tuple[Pair, Variant]],
+    manifest: dict[str, Any],
+    records: list[dict[str, Any]],
+) -> None:
     manifest["database"] = {
         "source": db.source,
         "dsn": db.redacted,
@@ -353,7 +352,6 @@ def _measure_all(plan: RunPlan, db: Database, manifest: dict[str, Any], records:
     store.write_json(plan.run_dir / "manifest.json", manifest)
     database.prepare(db, plan.scenario.rows)
     print(f"run folder: {plan.run_dir}", file=sys.stderr)  # only once there is something to run
-    order = variant_order(plan)
     progress = Progress(len(order))
     for pair, variant in order:
         progress.variant(pair.name, variant.name)
@@ -378,12 +376,13 @@ def run(plan: RunPlan, db: Database | None = None) -> Path:
         manifest["shuffle_seed"] = plan.shuffle_seed
     manifest |= {"status": "running", "finished": None}
     manifest["variants"] = {pair.name: [v.name for v in pair.variants] for pair in plan.pairs}
-    manifest["order"] = [f"{pair.name}/{variant.name}" for pair, variant in variant_order(plan)]
+    order = variant_order(plan)
+    manifest["order"] = [f"{pair.name}/{variant.name}" for pair, variant in order]
     store.write_json(plan.run_dir / "manifest.json", manifest)
     records: list[dict[str, Any]] = []
     try:
         with contextlib.nullcontext(db) if db else database.provision(plan.dsn, PG_HOME) as ready:
-            _measure_all(plan, ready, manifest, records)
+            _measure_all(plan, ready, order, manifest, records)
         manifest["status"] = "complete"
     except (KeyboardInterrupt, Interrupted):
         manifest["status"] = "interrupted"

@@ -86,6 +86,19 @@ def latest_run() -> Path:
     return runs[-1]
 
 
+def in_results(run_dir: Path) -> bool:
+    """Runs under results/ are the ones the top-level REPORT.md may be built from."""
+    return run_dir.resolve().is_relative_to(RESULTS_DIR.resolve())
+
+
+def read_phases(folder: Path) -> dict[str, float]:
+    """A variant's phases.json (load_start, measure_start, load_stop); {} while absent."""
+    try:
+        return {key: float(value) for key, value in json.loads((folder / "phases.json").read_text()).items()}
+    except (OSError, ValueError):
+        return {}
+
+
 def variant_dir(run_dir: Path, pair: str, variant: str) -> Path:
     return run_dir / pair / variant
 

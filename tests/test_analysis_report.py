@@ -39,6 +39,9 @@ def test_failed_variant_keeps_its_reason_and_no_numbers(tmp_path: Path) -> None:
     record = analysis.summarize_variant(folder)
     assert record["status"] == "failed" and record["error"] == "verification failed"
     assert record["rps"] is None
+    # summary.json has one shape: a failed record carries every field a measured one does.
+    measured = analysis.summarize_variant(write_variant(tmp_path, "deps", "async-dep", "good"))
+    assert set(record) == set(measured) == set(analysis.RECORD_FIELDS)
 
 
 def test_half_written_variant_is_skipped_with_a_warning(tmp_path: Path) -> None:
