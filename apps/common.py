@@ -51,6 +51,27 @@ ITEM_SQL_ASYNCPG = "SELECT id, name, price_cents FROM bench_items WHERE id = $1"
 ITEM_SQL_PSYCOPG = "SELECT id, name, price_cents FROM bench_items WHERE id = %s"
 
 
+def computed_item(item_id: int) -> Item:
+    """The seeded row for `item_id`, computed instead of queried (harness.database seeds
+    name 'item-<id>' and price (id * 7919) % 100000): for routes that must not touch the
+    database, yet still pass the same verification."""
+    return Item(id=item_id, name=f"item-{item_id}", price_cents=(item_id * 7919) % 100_000)
+
+
+# What a variant's own code observed (calls, cleanups, order of events), served at
+# /counters; the runner stores it with the variant after the load has drained.
+COUNTERS: dict[str, Any] = {}
+
+
+def count(name: str, amount: float = 1) -> None:
+    COUNTERS[name] = COUNTERS.get(name, 0) + amount
+
+
+def note_once(name: str, value: Any) -> None:
+    """Keep the first value seen, e.g. the order of events in the first request."""
+    COUNTERS.setdefault(name, value)
+
+
 def item_or_404(row: Any) -> Item:
     if row is None:
         raise HTTPException(status_code=404, detail="no such item")
@@ -121,3 +142,8 @@ async def ping() -> dict[str, bool]:
     # Runs on the event loop and does nothing else: its latency is how long the loop
     # took to get to it.
     return {"pong": True}
+
+
+@probe_router.get("/counters")
+async def counters() -> dict[str, Any]:
+    return COUNTERS

@@ -46,13 +46,21 @@ ARTICLES = {
 }
 
 
+# What a correct answer for `id` is, given the harness's database (None: the seeded row).
+Expectation = Callable[[Any, int], Any]
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
     role: Role
     path: str  # URL template with {id}, e.g. "/sync-dep/items/{id}"
     summary: str  # one line: what this variant does
-    code: tuple[str, ...]  # names of functions in app.py shown in the report
+    code: tuple[str, ...]  # names of functions or classes in app.py shown in the report
+    expect: Expectation | None = None  # verification's expected JSON body; None: the row
+    verify_ids: Callable[[int], bool] | None = None  # ids verification may draw (None: any)
+    server_args: tuple[str, ...] = ()  # extra uvicorn options, e.g. ("--loop", "asyncio")
+    sweep: tuple[str, int] | None = None  # (series, x) when the pair is a sweep, e.g. ("pure ASGI", 5)
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,7 @@ class Verdict:
     outcome: Outcome
     text: str  # one or two sentences, built from this run's figures
     figures: dict[str, float] = field(default_factory=dict)
+    headline: str = ""  # the deciding figure and its comparison, for the ledger
 
 
 VerdictRule = Callable[[Records, Mapping[str, Any]], Verdict]
@@ -78,6 +87,11 @@ class Pair:
     knobs: dict[str, int] = field(default_factory=dict)
     order: int = 100  # position in listings and the report
     app_module: str = ""  # where the variants live; apps.<name>.app unless given (tests)
+    # Scenario fields the experiment itself needs (e.g. more users than pool slots);
+    # they replace the scenario's for this pair and the report says so.
+    load: dict[str, float] = field(default_factory=dict)
+    upstream: bool = False  # start the stub upstream (harness.upstream) beside each variant
+    references: tuple[str, ...] = ()  # upstream issues and PRs behind the mechanism
 
     @property
     def app(self) -> str:
@@ -101,7 +115,7 @@ class Pair:
         lines = source.splitlines()
         found: dict[str, str] = {}
         for node in ast.walk(ast.parse(source)):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in variant.code:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name in variant.code:
                 start = min([d.lineno for d in node.decorator_list] + [node.lineno]) - 1
                 found[node.name] = "\n".join(lines[start : node.end_lineno])
         missing = [name for name in variant.code if name not in found]
@@ -166,7 +180,11 @@ def missing_variants(records: Records, names: list[str]) -> list[str]:
 
 
 def inconclusive(missing: list[str]) -> Verdict:
-    return Verdict("inconclusive", f"No verdict: {', '.join(missing)} did not produce a measurement in this run.")
+    return Verdict(
+        "inconclusive",
+        f"No verdict: {', '.join(missing)} did not produce a measurement in this run.",
+        headline=f"{', '.join(missing)} not measured",
+    )
 
 
 def fmt(value: float | None, unit: str = "", digits: int = 0) -> str:

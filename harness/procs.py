@@ -5,14 +5,17 @@ bounded readiness check, and SIGTERM-then-SIGKILL to the whole group on the way 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Generic, TypeVar
@@ -85,6 +88,8 @@ class ManagedProcess(Service["ManagedProcess"]):
         self.env = dict(env)
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
+        # Started for this process's sake (e.g. its stub upstream); stopped after it.
+        self.companions: list[ManagedProcess] = []
 
     @property
     def pid(self) -> int:
@@ -128,7 +133,15 @@ class ManagedProcess(Service["ManagedProcess"]):
             return None
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """SIGTERM the group, then SIGKILL whatever is left after `grace_s`."""
+        """SIGTERM the group, then SIGKILL whatever is left after `grace_s`; then the
+        companions."""
+        try:
+            self._stop_group(grace_s)
+        finally:
+            for companion in self.companions:
+                companion.stop(grace_s)
+
+    def _stop_group(self, grace_s: float) -> None:
         if self.proc is None:
             return
         for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
@@ -152,6 +165,30 @@ def http_ok(url: str, timeout_s: float = 1.0) -> bool:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+# One load test at a time per machine: two runs sharing the cores measure each other.
+LOAD_LOCK = Path(tempfile.gettempdir()) / "fastapi-pattern-bench-load.lock"
+
+
+@contextlib.contextmanager
+def machine_load_lock(say: Callable[[str], None]) -> Iterator[None]:
+    """Hold the machine-wide load lock; wait (saying so) while another run holds it."""
+    with open(LOAD_LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            say(f"waiting for another benchmark's load on this machine to finish ({handle.read().strip()})")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}: {' '.join(sys.argv[:4])}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def python_bin() -> str:

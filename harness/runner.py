@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -30,9 +31,17 @@ import psycopg2
 from harness import analysis, database, report, store
 from harness.database import Database
 from harness.pairs import ROOT, BenchError, Pair, Variant
-from harness.procs import Interrupted, ManagedProcess, free_port, http_ok, log_tail, python_bin
+from harness.procs import (
+    Interrupted,
+    ManagedProcess,
+    free_port,
+    http_ok,
+    log_tail,
+    machine_load_lock,
+    python_bin,
+)
 from harness.sampling import ConnectionSampler, Probe
-from harness.scenario import Scenario
+from harness.scenario import Scenario, override
 
 LOCUSTFILE = ROOT / "scenarios" / "locustfile.py"
 # Where the embedded server keeps its data between runs (git-ignored).
@@ -50,6 +59,10 @@ class RunPlan:
     command: list[str] = field(default_factory=list)
     shuffle_seed: int | None = None  # None: declared order
     resume: bool = False  # keep variants already measured in run_dir
+
+    def scenario_for(self, pair: Pair) -> Scenario:
+        """The scenario with the fields the pair's experiment fixes (e.g. its users)."""
+        return override(self.scenario, **pair.load)
 
 
 def resolve_knobs(pairs: list[Pair], settings: list[str]) -> dict[str, dict[str, int]]:
@@ -104,27 +117,55 @@ class Progress:
 # --- the steps --------------------------------------------------------------------------
 
 
+def _uvicorn(app: str, port: int, *extra: str) -> list[str]:
+    return [python_bin(), "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), *extra]
+
+
+def start_upstream(folder: Path, scenario: Scenario) -> tuple[ManagedProcess, str]:
+    """The stub upstream (harness.upstream) on a free loopback port, answering /ping;
+    returns it and its base URL."""
+    port = free_port()
+    upstream = ManagedProcess(
+        "stub upstream",
+        _uvicorn("harness.upstream:app", port, "--log-level", "warning", "--no-access-log", "--backlog", "2048"),
+        folder / "upstream.log",
+        os.environ | {"PYTHONPATH": str(ROOT)},
+        ROOT,
+    )
+    with contextlib.ExitStack() as on_failure:
+        on_failure.callback(upstream.stop)
+        upstream.start()
+        upstream.wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/ping"), scenario.start_timeout_s, "answering")
+        on_failure.pop_all()
+    return upstream, f"http://127.0.0.1:{port}"
+
+
 def _start_once(
-    pair: Pair, variant: Variant, knobs: dict[str, int], db: Database, folder: Path, scenario: Scenario, port: int
+    pair: Pair,
+    variant: Variant,
+    knobs: dict[str, int],
+    db: Database,
+    folder: Path,
+    scenario: Scenario,
+    port: int,
+    upstream_url: str,
 ) -> ManagedProcess:
     env = os.environ | {
         "BENCH_DSN": db.variant_dsn,
         "BENCH_VARIANT": variant.name,
         "BENCH_KNOBS": json.dumps(knobs),
         "BENCH_LOOP_LAG_FILE": str(folder / "loop_lag.csv"),
+        "BENCH_UPSTREAM_URL": upstream_url,
         "PYTHONPATH": str(ROOT),
+        # Each warning once per place in server.log (deprecations, unclosed resources);
+        # the runner keeps them with the variant.
+        "PYTHONWARNINGS": "default",
     }
     server = ManagedProcess(
         f"{pair.name}/{variant.name} server",
-        [
-            python_bin(),
-            "-m",
-            "uvicorn",
+        _uvicorn(
             pair.app,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
+            port,
             "--log-level",
             "warning",
             "--no-access-log",
@@ -132,7 +173,8 @@ def _start_once(
             "30",
             "--timeout-graceful-shutdown",
             "3",
-        ],
+            *variant.server_args,
+        ),
         folder / "server.log",
         env,
         ROOT,
@@ -148,23 +190,37 @@ def _start_once(
 def start_server(
     pair: Pair, variant: Variant, knobs: dict[str, int], db: Database, folder: Path, scenario: Scenario
 ) -> tuple[ManagedProcess, int]:
-    """Start the variant's server on a free loopback port. Another process can take the
+    """Start the variant's server on a free loopback port (and its stub upstream first,
+    if the pair calls one; it stops with the server). Another process can take the
     port between the probe and uvicorn's bind; then try another one."""
-    for attempt in range(3):
-        port = free_port()
-        try:
-            return _start_once(pair, variant, knobs, db, folder, scenario, port), port
-        except BenchError as err:
-            if attempt == 2 or "address already in use" not in str(err).lower():
-                raise
+    upstream, upstream_url = start_upstream(folder, scenario) if pair.upstream else (None, "")
+    try:
+        for attempt in range(3):
+            port = free_port()
+            try:
+                server = _start_once(pair, variant, knobs, db, folder, scenario, port, upstream_url)
+            except BenchError as err:
+                if attempt == 2 or "address already in use" not in str(err).lower():
+                    raise
+                continue
+            if upstream:
+                server.companions.append(upstream)
+            return server, port
+    except BaseException:
+        if upstream:
+            upstream.stop()
+        raise
     raise AssertionError("unreachable")
 
 
 def verify(port: int, variant: Variant, db: Database, rows: int, timeout_s: float = 10.0) -> dict[str, Any]:
-    """One request for a random seeded row: status 200 and exactly that row as JSON.
-    One only: the leaky pool variant loses a connection per request by design."""
+    """One request for a random seeded row: status 200 and exactly the expected JSON
+    (the row, unless the variant says otherwise). One only: the leaky pool variant
+    loses a connection per request by design."""
     item_id = random.randint(1, rows)
-    expected = database.fetch_row(db, item_id)
+    while variant.verify_ids is not None and not variant.verify_ids(item_id):
+        item_id = random.randint(1, rows)
+    expected = (variant.expect or database.fetch_row)(db, item_id)
     url = f"http://127.0.0.1:{port}{variant.path.format(id=item_id)}"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
@@ -249,6 +305,39 @@ def run_load(
         raise BenchError("Locust wrote no statistics")
 
 
+def read_counters(port: int, timeout_s: float = 5.0) -> dict[str, Any] | None:
+    """The variant's own /counters once they stop changing: background work and
+    teardown may still run after the last response."""
+    deadline = time.monotonic() + timeout_s
+    last: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/counters", timeout=2) as resp:
+                current = json.loads(resp.read())
+        except (OSError, ValueError):
+            return last
+        if current == last:
+            return current
+        last = current
+        time.sleep(0.5)
+    return last
+
+
+WARNING_LINE = re.compile(r"\b[A-Z]\w*Warning: .*")
+
+
+def server_warnings(log: Path, limit: int = 10) -> list[str]:
+    """Distinct warnings the server printed (PYTHONWARNINGS=default: once per place)."""
+    found: dict[str, None] = {}
+    try:
+        for line in log.read_text(errors="replace").splitlines():
+            if match := WARNING_LINE.search(line):
+                found.setdefault(database.redact(match.group(0))[:300])
+    except OSError:
+        return []
+    return list(found)[:limit]
+
+
 def settle(db: Database, baseline: int, timeout_s: float) -> tuple[int, int]:
     """End the backends a variant left behind and wait for the count to reach baseline."""
     ended = database.terminate_app_backends(db)
@@ -259,6 +348,7 @@ def measure_variant(plan: RunPlan, db: Database, pair: Pair, variant: Variant, p
     folder = store.variant_dir(plan.run_dir, pair.name, variant.name)
     folder.mkdir(parents=True, exist_ok=True)
     knobs = plan.knobs[pair.name]
+    scenario = plan.scenario_for(pair)
     meta: dict[str, Any] = {
         "pair": pair.name,
         "variant": variant.name,
@@ -267,28 +357,30 @@ def measure_variant(plan: RunPlan, db: Database, pair: Pair, variant: Variant, p
         "summary": variant.summary,
         "code": pair.code_excerpt(variant),
         "knobs": knobs,
-        "users": plan.scenario.users,
+        "users": scenario.users,
+        "load_overrides": pair.load,
         "status": "running",
         "error": None,
     }
     store.write_json(folder / "variant.json", meta)
     try:
-        meta["baseline_connections"] = database.wait_for_backends(db, 0, plan.scenario.settle_timeout_s)
+        meta["baseline_connections"] = database.wait_for_backends(db, 0, scenario.settle_timeout_s)
         progress.say("starting server")
-        server, port = start_server(pair, variant, knobs, db, folder, plan.scenario)
+        server, port = start_server(pair, variant, knobs, db, folder, scenario)
         try:
-            meta["verification"] = verify(port, variant, db, plan.scenario.rows, plan.scenario.request_timeout_s)
+            meta["verification"] = verify(port, variant, db, scenario.rows, scenario.request_timeout_s)
             progress.say("verified; load running")
-            sampler = ConnectionSampler(db, server.pid, folder / "connections.csv", plan.scenario.sample_interval_s)
+            sampler = ConnectionSampler(db, server.pid, folder / "connections.csv", scenario.sample_interval_s)
             with (
+                machine_load_lock(progress.say),
                 sampler,
-                Probe(
-                    "127.0.0.1", port, folder / "probe.csv", plan.scenario.probe_rate, plan.scenario.request_timeout_s
-                ),
+                Probe("127.0.0.1", port, folder / "probe.csv", scenario.probe_rate, scenario.request_timeout_s),
             ):
-                run_load(port, variant, plan.scenario, folder, progress, sampler, server)
+                run_load(port, variant, scenario, folder, progress, sampler, server)
+            meta["counters"] = read_counters(port)
         finally:
             server.stop()
+            meta["warnings"] = server_warnings(folder / "server.log")
         meta["status"] = "ok"
     except (BenchError, psycopg2.Error) as err:
         reason = str(err) if isinstance(err, BenchError) else f"database error: {database.first_line(err)}"
@@ -300,7 +392,7 @@ def measure_variant(plan: RunPlan, db: Database, pair: Pair, variant: Variant, p
             meta |= {"status": "failed", "error": "interrupted"}
         try:
             ended, meta["settled_connections"] = settle(
-                db, meta.get("baseline_connections") or 0, plan.scenario.settle_timeout_s
+                db, meta.get("baseline_connections") or 0, scenario.settle_timeout_s
             )
             meta["terminated_backends"] = ended
             if meta["settled_connections"] > (meta.get("baseline_connections") or 0):

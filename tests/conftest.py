@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ import pytest
 from harness import database, store
 from harness.pairs import ROOT
 
-TEST_PG_HOME = ROOT / ".bench" / "test-pg"
+# Overridable so that two test sessions on one machine do not share a data directory.
+TEST_PG_HOME = Path(os.environ.get("BENCH_TEST_PG_HOME", ROOT / ".bench" / "test-pg"))
 
 
 @pytest.fixture(scope="session")

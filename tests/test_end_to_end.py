@@ -17,7 +17,7 @@ import pytest
 from harness.database import Database
 from harness.pairs import ROOT
 
-E2E_PG_HOME = ROOT / ".bench" / "test-e2e"
+E2E_PG_HOME = Path(os.environ.get("BENCH_TEST_PG_HOME", ROOT / ".bench" / "test-pg")).with_name("test-e2e")
 
 
 def bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
