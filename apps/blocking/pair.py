@@ -88,5 +88,5 @@ PAIR = Pair(
     ),
     knobs={"block_ms": 10},
     decide=decide,
-    order=3,
+    order=110,
 )

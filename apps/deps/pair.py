@@ -91,5 +91,5 @@ PAIR = Pair(
         ),
     ),
     decide=decide,
-    order=1,
+    order=10,
 )

@@ -108,5 +108,5 @@ PAIR = Pair(
     ),
     knobs={"pool_size": 10, "pool_timeout_ms": 2000},
     decide=decide,
-    order=2,
+    order=70,
 )
