@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from harness import store
@@ -41,14 +42,20 @@ RECORD_FIELDS = [
     *LOOP_FIELDS,
     "peak_connections",
     "mean_connections",
+    "new_backends_per_s",
     "baseline_connections",
     "settled_connections",
     "terminated_backends",
     "server_cpu_pct",
     "server_rss_mb_peak",
+    "server_rss_slope_mb_per_min",
+    "server_fds_peak",
+    "server_fds_slope_per_min",
     "measured_s",
     "users",
     "top_failures",
+    "counters",
+    "warnings",
 ]
 
 
@@ -139,14 +146,39 @@ def _loop_lag(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
     }
 
 
+def slope_per_min(times: pd.Series, values: pd.Series) -> float | None:
+    """Least-squares growth rate of `values` per minute: a leak is a steady slope."""
+    known = pd.DataFrame({"t": times, "v": values}).dropna()
+    if len(known) < 3 or known["t"].nunique() < 2:
+        return None
+    slope = np.polyfit(known["t"].to_numpy(dtype=float), known["v"].to_numpy(dtype=float), 1)[0]
+    return float(slope * 60)
+
+
+def _column(samples: pd.DataFrame, name: str) -> pd.Series:
+    """A sampled column, empty of values in runs made before it was sampled."""
+    return samples[name] if name in samples else pd.Series(float("nan"), index=samples.index)
+
+
 def _connections(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
     samples = _in_window(pd.read_csv(folder / "connections.csv"), "time", window)
     counted = samples.dropna(subset=["total"])
+    cpu, rss, fds = (_column(samples, c) for c in ("server_cpu_pct", "server_rss_mb", "server_fds"))
+    sessions = _column(samples, "sessions").dropna()
+    started = samples.loc[sessions.index, "time"] if len(sessions) else None
     return {
         "peak_connections": int(counted["total"].max()) if len(counted) else None,
         "mean_connections": float(counted["total"].mean()) if len(counted) else None,
-        "server_cpu_pct": float(samples["server_cpu_pct"].mean()) if samples["server_cpu_pct"].notna().any() else None,
-        "server_rss_mb_peak": float(samples["server_rss_mb"].max()) if samples["server_rss_mb"].notna().any() else None,
+        "new_backends_per_s": (
+            float((sessions.iloc[-1] - sessions.iloc[0]) / (started.iloc[-1] - started.iloc[0]))
+            if started is not None and len(sessions) >= 2 and started.iloc[-1] > started.iloc[0]
+            else None
+        ),
+        "server_cpu_pct": float(cpu.mean()) if cpu.notna().any() else None,
+        "server_rss_mb_peak": float(rss.max()) if rss.notna().any() else None,
+        "server_rss_slope_mb_per_min": slope_per_min(samples["time"], rss),
+        "server_fds_peak": int(fds.max()) if fds.notna().any() else None,
+        "server_fds_slope_per_min": slope_per_min(samples["time"], fds),
     }
 
 
@@ -158,6 +190,8 @@ def summarize_variant(folder: Path) -> dict[str, Any]:
     record["settled_connections"] = meta.get("settled_connections")
     record["terminated_backends"] = meta.get("terminated_backends")
     record["users"] = meta.get("users")
+    record["counters"] = meta.get("counters")
+    record["warnings"] = meta.get("warnings") or []
     if meta.get("status") != "ok":
         return record
     window = measured_window(folder)
@@ -192,7 +226,7 @@ def verdicts(records: list[dict[str, Any]], pairs: list[Pair], knobs: dict[str, 
     for pair in pairs:
         mine = {r["variant"]: r for r in records if r["pair"] == pair.name}
         if mine:
-            out[pair.name] = pair.decide(mine, knobs.get(pair.name, pair.knobs))
+            out[pair.name] = pair.decide(mine, pair.knobs | knobs.get(pair.name, {}))
     return out
 
 
@@ -211,7 +245,8 @@ def write_summary(
             "scenario": scenario,
             "variants": records,
             "verdicts": {
-                name: {"outcome": v.outcome, "text": v.text, "figures": v.figures} for name, v in found.items()
+                name: {"outcome": v.outcome, "text": v.text, "headline": v.headline, "figures": v.figures}
+                for name, v in found.items()
             },
         },
     )

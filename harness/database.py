@@ -119,6 +119,13 @@ def backends_by_state(cur: Any) -> dict[str, int]:
     return {state: int(count) for state, count in cur.fetchall()}
 
 
+def sessions_started(cur: Any) -> int:
+    """Backends started on the suite's database since statistics began (PostgreSQL 14+);
+    its growth rate is how many new connections per second the variant opens."""
+    cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+    return int(cur.fetchone()[0])
+
+
 def terminate_app_backends(db: Database) -> int:
     """End every backend a variant left behind; returns how many were ended."""
     with contextlib.closing(db.connect()) as conn, conn.cursor() as cur:

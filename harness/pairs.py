@@ -92,6 +92,7 @@ class Pair:
     load: dict[str, float] = field(default_factory=dict)
     upstream: bool = False  # start the stub upstream (harness.upstream) beside each variant
     references: tuple[str, ...] = ()  # upstream issues and PRs behind the mechanism
+    sweep_label: str = ""  # the x axis of a sweep pair's chart, e.g. "middleware layers"
 
     @property
     def app(self) -> str:

@@ -90,7 +90,7 @@ def _warmup_end(run_dir: Path, records: list[dict[str, Any]]) -> float | None:
 
 
 def chart_pair(run_dir: Path, pair: Pair, records: list[dict[str, Any]], out: Path) -> None:
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    fig, axes = plt.subplots(3, 2, figsize=(12, 12.5))
     names = [r["variant"] for r in records]
     by_variant = variant_colors(records)
     colors = [by_variant[name] for name in names]
@@ -122,12 +122,14 @@ def chart_pair(run_dir: Path, pair: Pair, records: list[dict[str, Any]], out: Pa
     for ax, file, column, value, title in (
         (axes[1][0], "connections.csv", "time", "total", "PostgreSQL backends (pg_stat_activity)"),
         (axes[1][1], "probe.csv", "intended", "latency_ms", "/ping latency during load (ms, log scale)"),
+        (axes[2][0], "loop_lag.csv", "time", "lag_ms", "event-loop lag inside the server (ms, log scale)"),
+        (axes[2][1], "connections.csv", "time", "server_rss_mb", "server resident memory (MB)"),
     ):
         if warmup_end:
             ax.axvspan(0, warmup_end, color="#ececec", label="warm-up (not counted)")
         for r in ok:
             frame = _series(run_dir, r, file, column)
-            if frame is not None:
+            if frame is not None and value in frame:
                 style = ROLE_STYLES.get(r["role"], "-")
                 ax.plot(
                     frame["t"], frame[value], style, label=r["variant"], color=by_variant[r["variant"]], linewidth=1.2
@@ -137,11 +139,57 @@ def chart_pair(run_dir: Path, pair: Pair, records: list[dict[str, Any]], out: Pa
         ax.legend(fontsize=8)
     axes[1][0].set_ylim(bottom=0)  # a count: a flat line must not be zoomed into noise
     axes[1][1].set_yscale("log")
+    axes[2][0].set_yscale("symlog", linthresh=1.0)  # lag is often 0.0x ms: linear below 1 ms
+    axes[2][1].set_ylim(bottom=0)
     fig.suptitle(f"{pair.name}: {pair.claim}", fontsize=11)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
     plt.close(fig)
+
+
+def sweep_points(pair: Pair, records: list[dict[str, Any]]) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+    """Measured records by sweep series, sorted by x. A variant in a series of its own
+    that sits at x = 0 (e.g. no middleware at all) is the common start of every series."""
+    by_name = {r["variant"]: r for r in records if r["status"] == "ok"}
+    series: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    shared: list[tuple[int, dict[str, Any]]] = []
+    for variant in pair.variants:
+        if variant.sweep is None or variant.name not in by_name:
+            continue
+        label, x = variant.sweep
+        series.setdefault(label, []).append((x, by_name[variant.name]))
+    for label, points in list(series.items()):
+        if len(points) == 1 and points[0][0] == 0 and len(series) > 1:
+            shared += points
+            del series[label]
+    return {label: sorted(points + shared, key=lambda p: p[0]) for label, points in series.items()}
+
+
+def chart_sweep(pair: Pair, records: list[dict[str, Any]], out: Path) -> bool:
+    """Throughput and latency against the swept quantity, one line per series."""
+    series = sweep_points(pair, records)
+    if not series:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, points in series.items():
+        xs = [x for x, _ in points]
+        left.plot(xs, [r["rps"] for _, r in points], "o-", label=label)
+        (line,) = right.plot(xs, [r["p50_ms"] for _, r in points], "o-", label=f"{label} p50")
+        right.plot(xs, [r["p99_ms"] for _, r in points], "s--", color=line.get_color(), label=f"{label} p99")
+    left.set_title("Throughput (req/s)")
+    left.set_ylim(bottom=0)
+    right.set_title("Latency (ms)")
+    right.set_ylim(bottom=0)
+    for ax in (left, right):
+        ax.set_xlabel(pair.sweep_label or "sweep")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{pair.name}: {pair.claim}", fontsize=11)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return True
 
 
 # --- markdown -----------------------------------------------------------------------
@@ -188,33 +236,76 @@ COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("peak backends", "--:", lambda r: _num(r["peak_connections"])),
     ("mean backends", "--:", lambda r: _num(r["mean_connections"], 1)),
 ]
+Columns = list[tuple[str, str, Callable[[dict[str, Any]], str]]]
+
+# The server's resources over the measured window: a leak shows as a slope.
+RESOURCE_COLUMNS: Columns = [
+    ("variant", "---", lambda r: f"`{r['variant']}`"),
+    ("new backends/s", "--:", lambda r: _num(r.get("new_backends_per_s"), 1)),
+    ("server CPU %", "--:", lambda r: _num(r.get("server_cpu_pct"))),
+    ("RSS peak MB", "--:", lambda r: _num(r.get("server_rss_mb_peak"), 1)),
+    ("RSS slope MB/min", "--:", lambda r: _num(r.get("server_rss_slope_mb_per_min"), 2)),
+    ("open FDs peak", "--:", lambda r: _num(r.get("server_fds_peak"))),
+    ("FD slope /min", "--:", lambda r: _num(r.get("server_fds_slope_per_min"), 1)),
+    ("backends after stop", "--:", lambda r: _after_stop(r)),
+]
 
 
-def _table(records: list[dict[str, Any]]) -> list[str]:
-    lines = ["| " + " | ".join(c[0] for c in COLUMNS) + " |", "|" + "|".join(c[1] for c in COLUMNS) + "|"]
+def _after_stop(r: dict[str, Any]) -> str:
+    return f"{_num(r.get('settled_connections'))} (baseline {_num(r.get('baseline_connections'))})"
+
+
+def _table(records: list[dict[str, Any]], columns: Columns = COLUMNS) -> list[str]:
+    lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "|".join(c[1] for c in columns) + "|"]
     for r in records:
         if r["status"] == "ok":
-            cells = [cell(r) for _, _, cell in COLUMNS]
+            cells = [cell(r) for _, _, cell in columns]
         else:
-            cells = [f"`{r['variant']}`", r["role"], f"failed: {r['error']}"] + [""] * (len(COLUMNS) - 3)
+            cells = [f"`{r['variant']}`", *([r["role"]] if columns is COLUMNS else []), f"failed: {r['error']}"]
+            cells += [""] * (len(columns) - len(cells))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
+def reference_link(ref: str) -> str:
+    """'fastapi#3205' -> a link to that issue or pull request on GitHub."""
+    repo, _, number = ref.partition("#")
+    owner = {"fastapi": "fastapi", "starlette": "Kludex", "uvicorn": "Kludex", "asyncpg": "MagicStack"}.get(repo)
+    return f"[{ref}](https://github.com/{owner}/{repo}/issues/{number})" if owner and number.isdigit() else ref
+
+
+def _sources(pair: Pair) -> str:
+    return "; ".join(f'"{ARTICLES[key].title}" (seed {key})' for key in pair.sources)
+
+
 def _pair_section(
-    run_dir: Path, pair: Pair, records: list[dict[str, Any]], verdict: dict[str, Any] | None, chart: str
+    run_dir: Path,
+    pair: Pair,
+    records: list[dict[str, Any]],
+    verdict: dict[str, Any] | None,
+    charts: list[str],
+    knobs: dict[str, int],
 ) -> list[str]:
-    sources = "; ".join(f'"{ARTICLES[key].title}" (seed {key})' for key in pair.sources)
-    lines = [
-        f"## `{pair.name}`: {pair.claim_id}",
-        "",
-        f"**Claim.** {pair.claim} Source: {sources}.",
-        "",
-    ]
+    lines = [f"## `{pair.name}`: {pair.claim_id}", "", f"**Claim.** {pair.claim} Source: {_sources(pair)}.", ""]
     if verdict:
         lines += [f"**Verdict: {verdict['outcome']}.** {verdict['text']}", ""]
-    lines += [*_table(records), "", f"![{pair.name} charts]({chart})", ""]
-    lines += [f"**How the verdict is decided.** {pair.decided_by}", "", f"**Mechanism.** {pair.mechanism}", ""]
+    setup = [f"{k}={v}" for k, v in knobs.items()] + [f"{k}={v:g} (this pair's own)" for k, v in pair.load.items()]
+    if setup:
+        lines += [f"**Settings.** {', '.join(setup)}.", ""]
+    lines += [*_table(records), "", *_table(records, RESOURCE_COLUMNS), ""]
+    lines += [f"![{pair.name} charts]({chart})" for chart in charts] + [""]
+    lines += [f"**How the verdict is decided.** {pair.decided_by}", "", f"**Mechanism.** {pair.mechanism}"]
+    if pair.references:
+        lines[-1] += " Upstream: " + ", ".join(reference_link(ref) for ref in pair.references) + "."
+    lines.append("")
+    observed = [(r["variant"], r["counters"]) for r in records if r.get("counters")]
+    if observed:
+        lines += ["**What the variants counted** (their own `/counters`, whole server life):", ""]
+        lines += [f"- `{variant}`: {_counters(counters)}" for variant, counters in observed] + [""]
+    warned = [(r["variant"], w) for r in records for w in (r.get("warnings") or [])]
+    if warned:
+        lines += ["**Warnings the servers printed:**", ""]
+        lines += [f"- `{variant}`: `{text}`" for variant, text in warned] + [""]
     failures = [(r["variant"], e, n) for r in records for e, n in (r.get("top_failures") or [])]
     if failures:
         lines += ["**Failures during load** (most frequent per variant):", ""]
@@ -231,6 +322,46 @@ def _pair_section(
     return lines
 
 
+def _counters(counters: dict[str, Any]) -> str:
+    def one(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:,.1f}"
+        if isinstance(value, int):
+            return f"{value:,}"
+        return str(value)
+
+    return ", ".join(f"{name} {one(value)}" for name, value in counters.items())
+
+
+def _ledger(pairs: list[Pair], verdicts: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
+    """One row per pair, in claim order: what a reader scans first."""
+    packages = manifest["environment"]["packages"]
+    lines = [
+        "## Ledger",
+        "",
+        f"Measured with FastAPI {packages.get('fastapi')}, Starlette {packages.get('starlette')}, "
+        f"uvicorn {packages.get('uvicorn')} on {manifest['environment']['cpu_count']} CPUs; "
+        "each verdict comes from this run's numbers and can differ on another machine or version.",
+        "",
+        "| claim | verdict | deciding figures | section |",
+        "|---|---|---|---|",
+    ]
+    for pair in sorted(pairs, key=lambda p: (_claim_number(p.claim_id), p.order)):
+        verdict = verdicts.get(pair.name)
+        outcome = f"**{verdict['outcome']}**" if verdict else "not measured"
+        headline = (verdict or {}).get("headline") or ""
+        lines.append(
+            f"| {pair.claim_id}: {pair.claim} ({', '.join(pair.sources)}) | {outcome} | {headline} | "
+            f"[`{pair.name}`](#{pair.name}-{pair.claim_id.lower()}) |"
+        )
+    return [*lines, "", "Articles: " + "; ".join(f'{a.key} = "{a.title}"' for a in ARTICLES.values()) + ".", ""]
+
+
+def _claim_number(claim_id: str) -> int:
+    digits = "".join(ch for ch in claim_id if ch.isdigit())
+    return int(digits) if digits else 0
+
+
 def render(run_dir: Path, write_top_report: bool) -> Path:
     manifest = store.read_json(run_dir / "manifest.json")
     summary = store.read_json(run_dir / "summary.json")
@@ -238,11 +369,15 @@ def render(run_dir: Path, write_top_report: bool) -> Path:
     by_pair: dict[str, list[dict[str, Any]]] = {}
     for record in summary["variants"]:
         by_pair.setdefault(record["pair"], []).append(record)
-    charts = run_dir / "charts"
-    shutil.rmtree(charts, ignore_errors=True)
+    charts_dir = run_dir / "charts"
+    shutil.rmtree(charts_dir, ignore_errors=True)
+    charts: dict[str, list[str]] = {}
     for pair in pairs:
         if pair.name in by_pair:
-            chart_pair(run_dir, pair, by_pair[pair.name], charts / f"{pair.name}.png")
+            chart_pair(run_dir, pair, by_pair[pair.name], charts_dir / f"{pair.name}.png")
+            charts[pair.name] = [f"charts/{pair.name}.png"]
+            if chart_sweep(pair, by_pair[pair.name], charts_dir / f"{pair.name}-sweep.png"):
+                charts[pair.name].insert(0, f"charts/{pair.name}-sweep.png")
 
     def document(chart_prefix: str) -> str:
         lines = [
@@ -254,6 +389,7 @@ def render(run_dir: Path, write_top_report: bool) -> Path:
             f"Generated by `python bench.py report` from run `{run_dir.name}`; "
             "every figure below comes from that folder.",
             "",
+            *_ledger(pairs, summary["verdicts"], manifest),
             "## Environment",
             "",
             *_environment(manifest),
@@ -269,18 +405,7 @@ def render(run_dir: Path, write_top_report: bool) -> Path:
             "python " + " ".join(shlex.quote(arg) for arg in manifest["command"]),
             "```",
             "",
-            "## Verdicts",
-            "",
-            "| pair | claim | verdict |",
-            "|---|---|---|",
         ]
-        for pair in pairs:
-            verdict = summary["verdicts"].get(pair.name)
-            lines.append(
-                f"| [`{pair.name}`](#{pair.name}-{pair.claim_id.lower()}) | {pair.claim_id}: {pair.claim} | "
-                f"{verdict['outcome'] if verdict else 'not measured'} |"
-            )
-        lines.append("")
         for pair in pairs:
             if pair.name in by_pair:
                 lines += _pair_section(
@@ -288,7 +413,8 @@ def render(run_dir: Path, write_top_report: bool) -> Path:
                     pair,
                     by_pair[pair.name],
                     summary["verdicts"].get(pair.name),
-                    f"{chart_prefix}charts/{pair.name}.png",
+                    [chart_prefix + chart for chart in charts[pair.name]],
+                    pair.knobs | manifest["pairs"].get(pair.name, {}),
                 )
         lines += [
             "## Method",

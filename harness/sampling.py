@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from harness.database import Database, backends_by_state
+from harness.database import Database, backends_by_state, sessions_started
 
 CONNECTION_FIELDS = [
     "time",
@@ -26,8 +26,10 @@ CONNECTION_FIELDS = [
     "idle",
     "idle_in_transaction",
     "other",
+    "sessions",  # pg_stat_database.sessions: backends ever started on the database
     "server_cpu_pct",
     "server_rss_mb",
+    "server_fds",
     "error",
 ]
 PROBE_FIELDS = ["intended", "latency_ms", "status", "error"]
@@ -65,14 +67,20 @@ class ConnectionSampler(_Thread):
         except psutil.Error:
             self.server = None
 
-    def _server_usage(self) -> tuple[str, str]:
+    def _server_usage(self) -> dict[str, str]:
+        """CPU share, resident memory and open file descriptors of the server process
+        (descriptors include its sockets: a connection leak shows here too)."""
         if self.server is None:
-            return "", ""
+            return {}
         try:
             with self.server.oneshot():
-                return f"{self.server.cpu_percent(None):.1f}", f"{self.server.memory_info().rss / 2**20:.1f}"
+                return {
+                    "server_cpu_pct": f"{self.server.cpu_percent(None):.1f}",
+                    "server_rss_mb": f"{self.server.memory_info().rss / 2**20:.1f}",
+                    "server_fds": str(self.server.num_fds()),
+                }
         except psutil.Error:
-            return "", ""
+            return {}
 
     def _run(self) -> None:
         conn: Any = None
@@ -87,6 +95,7 @@ class ConnectionSampler(_Thread):
                         conn = self.db.connect(timeout_s=2)
                     with conn.cursor() as cur:
                         states = backends_by_state(cur)
+                        row["sessions"] = sessions_started(cur)
                     known = {"active", "idle", "idle in transaction"}
                     row |= {
                         "total": sum(states.values()),
@@ -101,7 +110,7 @@ class ConnectionSampler(_Thread):
                     with contextlib.suppress(Exception):
                         conn.close()
                     conn = None
-                row["server_cpu_pct"], row["server_rss_mb"] = self._server_usage()
+                row |= self._server_usage()
                 writer.writerow(row)
                 handle.flush()
                 next_at += self.interval_s

@@ -42,6 +42,16 @@ def test_deps_stall_needs_both_factor_and_margin() -> None:
     assert deps(rec(ping=9), rec(ping=3), rec(ping=9)).outcome == "does not hold"
 
 
+def test_deps_decides_on_loop_lag_when_the_server_measured_it() -> None:
+    # /ping looks calm here, but the loop lag inside the server says the loop stalled.
+    sync, good, blocking = rec(ping=5), rec(ping=5), rec(ping=5)
+    sync["loop_lag_p99_ms"], good["loop_lag_p99_ms"], blocking["loop_lag_p99_ms"] = 150.0, 2.0, 900.0
+    verdict = deps(sync, good, blocking)
+    assert verdict.outcome == "holds" and "150 ms" in verdict.headline
+    sync["loop_lag_p99_ms"] = 3.0
+    assert deps(sync, good, blocking).outcome == "partly holds"
+
+
 def test_deps_inconclusive_when_a_variant_failed() -> None:
     verdict = deps(rec(), rec(status="failed"), rec())
     assert verdict.outcome == "inconclusive" and "async-dep" in verdict.text

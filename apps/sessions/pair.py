@@ -45,17 +45,21 @@ def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:
         f"a pool connection never released failed {fmt(100 * p_leaky['failure_rate'], '%', 1)} of requests "
         f"at {fmt(figures['pool_rps_ratio'], 'x')} the released pool's throughput"
     )
+    headline = (
+        f"never-released pool connection: {fmt(100 * p_leaky['failure_rate'], '%', 1)} failed; never-closed "
+        f"connect-per-request: peak {fmt(c_leaky['peak_connections'])} vs {fmt(c_closed['peak_connections'])} backends"
+    )
     if connect_leaks and pool_leaks:
-        return Verdict("holds", f"Holds: {pool_says}; {connect_says}.", figures)
+        return Verdict("holds", f"Holds: {pool_says}; {connect_says}.", figures, headline)
     if pool_leaks:
         return Verdict(
-            "partly holds",
-            f"Holds for pooled connections only: {pool_says}; but {connect_says}.",
-            figures,
+            "partly holds", f"Holds for pooled connections only: {pool_says}; but {connect_says}.", figures, headline
         )
     if connect_leaks:
-        return Verdict("partly holds", f"Holds for connect-per-request only: {connect_says}; {pool_says}.", figures)
-    return Verdict("does not hold", f"Does not hold in this run: {connect_says}; {pool_says}.", figures)
+        return Verdict(
+            "partly holds", f"Holds for connect-per-request only: {connect_says}; {pool_says}.", figures, headline
+        )
+    return Verdict("does not hold", f"Does not hold in this run: {connect_says}; {pool_says}.", figures, headline)
 
 
 PAIR = Pair(
