@@ -81,13 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_list() -> int:
-    for pair in pairs_mod.discover().values():
+    pairs = pairs_mod.discover()
+    for pair in pairs.values():
         knobs = ", ".join(f"{k}={v}" for k, v in pair.knobs.items()) or "none"
         print(f"{pair.name}  [{pair.claim_id}] {pair.claim}")
-        print(f"    knobs: {knobs}")
+        print(f"    knobs: {knobs}" + (f"; own load: {pair.load}" if pair.load else ""))
         for variant in pair.variants:
             print(f"    {variant.name:<22} {variant.role:<10} {variant.summary}")
         print()
+    print("claims:")
+    for claim, names in pairs_mod.claims_index(pairs).items():
+        print(f"    {claim:<4} {', '.join(names) if names else 'no pair yet'}")
     return 0
 
 

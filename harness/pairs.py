@@ -19,6 +19,9 @@ from typing import Any, Literal
 ROOT = Path(__file__).resolve().parent.parent
 APPS_DIR = ROOT / "apps"
 
+# The claims the articles make (../shared/CLAIMS.md numbers them); each needs a pair.
+CLAIM_IDS = tuple(f"C{n}" for n in range(1, 16))
+
 Role = Literal["bad", "good", "reference"]
 Outcome = Literal["holds", "does not hold", "partly holds", "inconclusive"]
 
@@ -140,6 +143,14 @@ def discover() -> dict[str, Pair]:
             raise BenchError(f"{pair_file}: PAIR.name is {pair.name!r}, expected the folder name")
         pairs[pair.name] = pair
     return dict(sorted(pairs.items(), key=lambda item: (item[1].order, item[0])))
+
+
+def claims_index(pairs: Mapping[str, Pair]) -> dict[str, list[str]]:
+    """Claim id -> the pairs that measure it, for every claim in CLAIM_IDS (empty: none yet)."""
+    index: dict[str, list[str]] = {claim: [] for claim in CLAIM_IDS}
+    for pair in pairs.values():
+        index.setdefault(pair.claim_id, []).append(pair.name)
+    return index
 
 
 def select(names: list[str] | None) -> list[Pair]:

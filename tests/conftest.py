@@ -56,6 +56,7 @@ def write_variant(
     window: tuple[float, float] = (1000.0, 1010.0),
     settled: int = 0,
     lag_ms: list[float] | None = None,
+    rss_mb: list[float] | None = None,
 ) -> Path:
     """Raw files for one variant, shaped like a real run's, with known contents."""
     folder = run_dir / pair / variant
@@ -95,13 +96,19 @@ def write_variant(
     lag_rows += [[start + i * (stop - start) / len(lags), ms, i % 4] for i, ms in enumerate(lags)]
     _write_csv(folder / "loop_lag.csv", ["time", "lag_ms", "threads_busy"], lag_rows)
     counts = backends or [5] * 20
-    conn_rows = [[start - 1, 500, 0, 0, 0, 0, 50, 100, ""]]
-    conn_rows += [[start + i * (stop - start) / len(counts), n, n, 0, 0, 0, 90, 120, ""] for i, n in enumerate(counts)]
+    rss = rss_mb or [120.0] * len(counts)
+    # sessions: pg_stat_database's running count of backends started, 5 more per sample.
+    conn_rows = [[start - 1, 500, 0, 0, 0, 0, 0, 50, 100, 999, ""]]
+    conn_rows += [
+        [start + i * (stop - start) / len(counts), n, n, 0, 0, 0, 1000 + 5 * i, 90, rss[i], 40, ""]
+        for i, n in enumerate(counts)
+    ]
     _write_csv(
         folder / "connections.csv",
-        ["time", "total", "active", "idle", "idle_in_transaction", "other", "server_cpu_pct", "server_rss_mb", "error"],
+        ["time", "total", "active", "idle", "idle_in_transaction", "other", "sessions", "server_cpu_pct",
+         "server_rss_mb", "server_fds", "error"],
         conn_rows,
-    )
+    )  # fmt: skip
     return folder
 
 

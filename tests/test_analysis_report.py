@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness import analysis, report, store
-from harness.pairs import discover
+from harness.pairs import Pair, Variant, discover
 from tests.conftest import write_manifest, write_variant
 
 
@@ -61,8 +61,8 @@ def fixture_run(tmp_path: Path) -> Path:
     write_manifest(run_dir, {"deps": {}, "blocking": {"block_ms": 10}})
     write_variant(run_dir, "deps", "sync-dep", "bad", requests=1800, ping_ms=[14.0] * 50)
     write_variant(run_dir, "deps", "async-dep", "good", requests=2000, ping_ms=[12.0] * 50)
-    write_variant(run_dir, "deps", "async-dep-blocking", "bad", requests=900, ping_ms=[400.0] * 50)
-    write_variant(run_dir, "blocking", "async-blocking", "bad", requests=950, ping_ms=[300.0] * 50)
+    write_variant(run_dir, "deps", "async-dep-blocking", "bad", requests=900, ping_ms=[400.0] * 50, lag_ms=[380.0] * 50)
+    write_variant(run_dir, "blocking", "async-blocking", "bad", requests=950, ping_ms=[300.0] * 50, lag_ms=[290.0] * 50)
     write_variant(run_dir, "blocking", "async-to-thread", "good", requests=4500, ping_ms=[6.0] * 50)
     write_variant(run_dir, "blocking", "sync-def", "reference", status="failed")
     return run_dir
@@ -92,10 +92,9 @@ def test_report_is_built_from_the_run_folder(tmp_path: Path) -> None:
 
 def test_report_verdict_flips_with_the_data(tmp_path: Path) -> None:
     run_dir = fixture_run(tmp_path)
-    # Same folder, but the sync dependency now stalls /ping: the verdict must follow.
-    (run_dir / "deps" / "sync-dep" / "probe.csv").unlink()
-    write_variant(tmp_path / "other", "deps", "sync-dep", "bad", ping_ms=[500.0] * 50)
-    (tmp_path / "other" / "deps" / "sync-dep" / "probe.csv").rename(run_dir / "deps" / "sync-dep" / "probe.csv")
+    # Same folder, but the sync dependency's loop now lags: the verdict must follow.
+    write_variant(tmp_path / "other", "deps", "sync-dep", "bad", lag_ms=[500.0] * 50)
+    (tmp_path / "other" / "deps" / "sync-dep" / "loop_lag.csv").replace(run_dir / "deps" / "sync-dep" / "loop_lag.csv")
     report.rebuild(run_dir, write_top_report=False)
     assert store.read_json(run_dir / "summary.json")["verdicts"]["deps"]["outcome"] == "holds"
 
@@ -115,3 +114,55 @@ def test_report_flags_backends_left_after_a_variant(tmp_path: Path) -> None:
     text = report.rebuild(run_dir, write_top_report=False).read_text()
     assert "did not return to baseline" in text and "`sync-dep`: 7 left (baseline 0)" in text
     assert "`async-dep`: " not in text.split("did not return to baseline")[1].split("**The variants.**")[0]
+
+
+def test_ledger_opens_the_report_in_claim_order_with_headlines(tmp_path: Path) -> None:
+    text = report.rebuild(fixture_run(tmp_path), write_top_report=False).read_text()
+    ledger = text.split("## Ledger")[1].split("## Environment")[0]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    rows = [line for line in ledger.splitlines() if line.startswith("| C")]
+    assert [row.split(":")[0] for row in rows] == ["| C1", "| C11"]
+    assert summary["verdicts"]["deps"]["headline"] in rows[0] and "**partly holds**" in rows[0]
+    assert "(#deps-c1)" in rows[0] and "## `deps`: C1" in text
+    assert f"FastAPI {store.environment()['packages']['fastapi']}" in ledger
+
+
+def test_resources_slopes_and_new_backends_come_from_the_samples(tmp_path: Path) -> None:
+    folder = write_variant(tmp_path, "sessions", "connect-leaky", "bad", rss_mb=[100.0 + i for i in range(20)])
+    record = analysis.summarize_variant(folder)
+    # Samples 0.5 s apart, RSS growing 1 MB per sample: 2 MB/s = 120 MB/min.
+    assert record["server_rss_slope_mb_per_min"] == pytest.approx(120.0)
+    assert record["server_rss_mb_peak"] == 119.0
+    # pg_stat_database.sessions grows by 5 per sample: about 10 new backends per second.
+    assert record["new_backends_per_s"] == pytest.approx(10.0, rel=0.1)
+    assert record["server_fds_peak"] == 40 and record["server_fds_slope_per_min"] == pytest.approx(0.0)
+    flat = analysis.summarize_variant(write_variant(tmp_path, "sessions", "connect-closed", "good"))
+    assert flat["server_rss_slope_mb_per_min"] == pytest.approx(0.0)
+
+
+def test_counters_and_warnings_reach_the_record_and_the_report(tmp_path: Path) -> None:
+    run_dir = fixture_run(tmp_path)
+    meta_file = run_dir / "deps" / "async-dep" / "variant.json"
+    meta = store.read_json(meta_file)
+    meta |= {"counters": {"setups": 12, "cleanups": 12}, "warnings": ["DeprecationWarning: on_event is deprecated"]}
+    store.write_json(meta_file, meta)
+    text = report.rebuild(run_dir, write_top_report=False).read_text()
+    record = next(r for r in store.read_json(run_dir / "summary.json")["variants"] if r["variant"] == "async-dep")
+    assert record["counters"] == {"setups": 12, "cleanups": 12}
+    assert "- `async-dep`: setups 12, cleanups 12" in text
+    assert "`async-dep`: `DeprecationWarning: on_event is deprecated`" in text
+
+
+def test_sweep_points_share_the_zero_point_across_series() -> None:
+    def variant(name: str, sweep: tuple[str, int]) -> Variant:
+        return Variant(name, "good", f"/{name}/items/{{id}}", name, (), sweep=sweep)
+
+    pair = Pair(
+        name="sweep", claim_id="C0", claim="", sources=(), mechanism="", decided_by="", decide=lambda r, k: None,  # type: ignore[arg-type,return-value]
+        variants=(variant("none", ("none", 0)), variant("a-5", ("a", 5)), variant("a-1", ("a", 1)),
+                  variant("b-1", ("b", 1))),
+    )  # fmt: skip
+    records = [{"variant": v.name, "status": "ok", "rps": 1.0} for v in pair.variants]
+    records[2]["status"] = "failed"
+    points = report.sweep_points(pair, records)
+    assert {label: [x for x, _ in pts] for label, pts in points.items()} == {"a": [0, 5], "b": [0, 1]}

@@ -76,6 +76,11 @@ def test_list_names_every_pair_and_claim() -> None:
     assert result.returncode == 0
     for text in ("deps", "[C1]", "sessions", "[C7]", "blocking", "[C11]", "block_ms=10"):
         assert text in result.stdout
+    # Every claim of the catalogue is mapped to at least one pair that exists.
+    claims = result.stdout.split("claims:")[1].splitlines()
+    mapped = {line.split()[0]: line.split(None, 1)[1] for line in claims if line.strip()}
+    assert set(mapped) >= {f"C{n}" for n in range(1, 16)}
+    assert not [claim for claim, pairs in mapped.items() if pairs == "no pair yet"], mapped
 
 
 def test_output_folder_that_cannot_be_created(tmp_path: Path) -> None:
