@@ -10,6 +10,7 @@ as the wheel's own system user.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import secrets
@@ -189,6 +190,27 @@ class EmbeddedPostgres(Service[Database]):
         self.max_connections = max_connections
         self.port = 0
         self._as_root = os.geteuid() == 0
+        self._in_use: Any = None  # held while this run owns the server
+
+    def _claim(self) -> None:
+        """Only one run at a time may own the data directory: starting would stop a server
+        another live run is using (a stale one, left by a killed run, has no owner)."""
+        self._in_use = open(self.home / "in-use.lock", "a+")  # noqa: SIM115 - held until stop()
+        try:
+            fcntl.flock(self._in_use, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._in_use.seek(0)
+            owner = self._in_use.read().strip() or "another process"
+            self._in_use.close()
+            self._in_use = None
+            raise BenchError(
+                f"the embedded PostgreSQL in {self.home} is in use by another run ({owner}); "
+                "wait for it, or set BENCH_PG_HOME to another folder"
+            ) from None
+        self._in_use.seek(0)
+        self._in_use.truncate()
+        self._in_use.write(f"pid {os.getpid()}")
+        self._in_use.flush()
 
     # --- PostgreSQL's own tools, run as the right system user ------------------------
     def _bin(self, name: str) -> str:
@@ -263,6 +285,7 @@ class EmbeddedPostgres(Service[Database]):
 
     def start(self) -> Database:
         self.home.mkdir(parents=True, exist_ok=True)
+        self._claim()
         self.pgdata.mkdir(exist_ok=True)
         self.pgdata.chmod(0o700)
         if self._as_root:
@@ -318,10 +341,16 @@ class EmbeddedPostgres(Service[Database]):
         )
 
     def stop(self) -> None:
-        if (self.pgdata / "postmaster.pid").exists():
-            self._run(
-                [self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "-t", "30", "stop"], timeout_s=40
-            )
+        if self._in_use is None:  # never owned it: another run's server is not ours to stop
+            return
+        try:
+            if (self.pgdata / "postmaster.pid").exists():
+                self._run(
+                    [self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "-t", "30", "stop"], timeout_s=40
+                )
+        finally:
+            self._in_use.close()  # releases the lock
+            self._in_use = None
 
 
 @contextlib.contextmanager

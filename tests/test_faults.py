@@ -13,8 +13,9 @@ import pytest
 
 from harness import database, runner, store
 from harness.database import Database, EmbeddedPostgres
-from harness.pairs import ROOT, Pair, Variant, Verdict
+from harness.pairs import ROOT, BenchError, Pair, Variant, Verdict
 from harness.scenario import Scenario
+from tests.conftest import TEST_PG_HOME
 
 
 def _no_verdict(records: Any, knobs: Any) -> Verdict:
@@ -113,3 +114,14 @@ def test_postgres_stopping_mid_run_marks_the_affected_variants_failed(tmp_path: 
     assert records["ok-again"]["status"] == "failed"
     assert records["ok-again"]["error"].startswith("database error:")
     assert db.dsn.split(":")[2].split("@")[0] not in json.dumps(records)  # no password in the records
+
+
+@pytest.mark.slow
+def test_a_second_run_cannot_take_over_a_live_embedded_server(db: Database) -> None:
+    """Two runs on one checkout: the second is refused instead of stopping the first's
+    PostgreSQL under it."""
+    second = EmbeddedPostgres(TEST_PG_HOME)
+    with pytest.raises(BenchError, match="in use by another run"):
+        second.start()
+    second.stop()  # owns nothing: must not stop the live server
+    assert database.fetch_row(db, 1) is not None
