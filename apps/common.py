@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -61,10 +62,13 @@ def computed_item(item_id: int) -> Item:
 # What a variant's own code observed (calls, cleanups, order of events), served at
 # /counters; the runner stores it with the variant after the load has drained.
 COUNTERS: dict[str, Any] = {}
+# `def` endpoints and sync dependencies count from worker threads: += is not atomic.
+_COUNTERS_LOCK = threading.Lock()
 
 
 def count(name: str, amount: float = 1) -> None:
-    COUNTERS[name] = COUNTERS.get(name, 0) + amount
+    with _COUNTERS_LOCK:
+        COUNTERS[name] = COUNTERS.get(name, 0) + amount
 
 
 def note_once(name: str, value: Any) -> None:

@@ -7,20 +7,23 @@ import pytest
 from harness.pairs import BenchError, discover, select
 
 
-def test_core_pairs_are_discovered_in_declared_order() -> None:
-    assert list(discover())[:3] == ["deps", "sessions", "blocking"]
+def test_pairs_are_discovered_in_declared_order() -> None:
+    pairs = list(discover().values())
+    assert [p.order for p in pairs] == sorted(p.order for p in pairs)
+    names = [p.name for p in pairs]
+    assert names.index("deps") < names.index("sessions") < names.index("blocking")
 
 
 @pytest.mark.parametrize("pair", discover().values(), ids=lambda p: p.name)
 def test_pair_is_complete(pair) -> None:  # type: ignore[no-untyped-def]
-    roles = {v.role for v in pair.variants}
-    assert {"bad", "good"} <= roles, "a pair compares at least one bad and one good variant"
+    roles = [v.role for v in pair.variants]
+    assert "good" in roles and len(roles) >= 2, "a pair compares a good variant with at least one other"
     assert len({v.name for v in pair.variants}) == len(pair.variants)
     assert pair.claim_id.startswith("C") and pair.claim and pair.mechanism and pair.decided_by
     for variant in pair.variants:
         assert variant.path.startswith(f"/{variant.name}/") and "{id}" in variant.path
         excerpt = pair.code_excerpt(variant)
-        assert all(f" {name}(" in excerpt for name in variant.code)
+        assert all(f" {name}(" in excerpt or f"class {name}:" in excerpt for name in variant.code)
 
 
 def test_select_suggests_a_close_name() -> None:
