@@ -1,6 +1,9 @@
-"""From a variant's raw files to its summary record, and from records to verdicts.
+"""From raw files to records, and from records to verdicts.
 
-Only stored files are read, so `bench.py report` can rebuild everything later.
+A sample (one measurement in a fresh server) becomes a sample record; a variant's
+samples combine into its record (medians over repeats, with intervals); each pair's rule
+turns its variants' records into a verdict. Only stored files are read, so
+`bench.py report` can rebuild everything later.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness import store
+from harness import stats, store
 from harness.pairs import Pair, Verdict
 from harness.store import read_json
 
@@ -56,11 +59,25 @@ RECORD_FIELDS = [
     "top_failures",
     "counters",
     "warnings",
+    "generator_cpu_pct",
+    "postgres_cpu_pct",
+    "flags",
 ]
+# Sample records carry these as well: which measurement it was.
+SAMPLE_FIELDS = [
+    "sample", "mode", "users", "rate", "repeat", "primary", "achieved_rps", "late_share", "rps_per_second", "soak",
+]  # fmt: skip
+# Figures given with an interval and a spread over repeats.
+CI_FIGURES = ("rps", "p50_ms", "p99_ms", "ping_p99_ms", "loop_lag_p99_ms")
+# A measurement is flagged, never silently used, when the load generator was this busy
+# or an open-loop run achieved less than this share of its rate.
+GENERATOR_CPU_LIMIT = 90.0
+RATE_SHARE_LIMIT = 0.95
 
 
 def empty_record(meta: dict[str, Any]) -> dict[str, Any]:
     record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
+    record["flags"] = []
     record |= {
         "pair": meta["pair"],
         "variant": meta["variant"],
@@ -83,9 +100,23 @@ def _in_window(frame: pd.DataFrame, column: str, window: tuple[float, float]) ->
 
 
 def _locust_totals(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
-    stats = pd.read_csv(folder / "locust_stats.csv")
-    total = stats[stats["Name"] == "Aggregated"].iloc[0]
-    requests, failures = int(total["Request Count"]), int(total["Failure Count"])
+    """Requests, failures and percentiles: from the final totals the locustfile writes
+    at exit, or from Locust's own CSV (up to a second stale) when they are missing."""
+    final_file = folder / "locust_final.json"
+    if final_file.is_file():
+        final = read_json(final_file)
+        requests, failures = int(final["requests"]), int(final["failures"])
+        percentiles = {float(p): v for p, v in final["percentiles_ms"].items()}
+        figures = [percentiles[0.5], percentiles[0.95], percentiles[0.99], final["max_ms"]]
+        errors = pd.DataFrame(final["errors"], columns=["Error", "Occurrences"])
+    else:
+        stats_csv = pd.read_csv(folder / "locust_stats.csv")
+        total = stats_csv[stats_csv["Name"] == "Aggregated"].iloc[0]
+        requests, failures = int(total["Request Count"]), int(total["Failure Count"])
+        figures = [total["50%"], total["95%"], total["99%"], total["Max Response Time"]]
+        failures_file = folder / "locust_failures.csv"
+        errors = pd.read_csv(failures_file) if failures_file.is_file() else pd.DataFrame()
+    p50, p95, p99, top = (None if v is None else float(v) for v in figures)
     out: dict[str, Any] = {
         "requests": requests,
         "failures": failures,
@@ -93,21 +124,18 @@ def _locust_totals(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
         # Over the measured window, not Locust's first-to-last response span, which
         # shrinks to nothing when every request times out at once.
         "rps": requests / (window[1] - window[0]),
-        "p50_ms": float(total["50%"]),
-        "p95_ms": float(total["95%"]),
-        "p99_ms": float(total["99%"]),
-        "max_ms": float(total["Max Response Time"]),
+        "p50_ms": p50,
+        "p95_ms": p95,
+        "p99_ms": p99,
+        "max_ms": top,
         "top_failures": [],
     }
-    failures_file = folder / "locust_failures.csv"
-    if failures_file.is_file():
-        frame = pd.read_csv(failures_file)
-        if not frame.empty:
-            # Locust keys failures by message, and messages carry the random URL:
-            # group them by what went wrong instead.
-            frame["Error"] = frame["Error"].astype(str).map(failure_kind)
-            counts = frame.groupby("Error")["Occurrences"].sum().sort_values(ascending=False).head(3)
-            out["top_failures"] = [[str(e), int(n)] for e, n in counts.items()]
+    if not errors.empty:
+        # Locust keys failures by message, and messages carry the random URL:
+        # group them by what went wrong instead.
+        errors["Error"] = errors["Error"].astype(str).map(failure_kind)
+        counts = errors.groupby("Error")["Occurrences"].sum().sort_values(ascending=False).head(3)
+        out["top_failures"] = [[str(e), int(n)] for e, n in counts.items()]
     return out
 
 
@@ -147,12 +175,7 @@ def _loop_lag(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
 
 
 def slope_per_min(times: pd.Series, values: pd.Series) -> float | None:
-    """Least-squares growth rate of `values` per minute: a leak is a steady slope."""
-    known = pd.DataFrame({"t": times, "v": values}).dropna()
-    if len(known) < 3 or known["t"].nunique() < 2:
-        return None
-    slope = np.polyfit(known["t"].to_numpy(dtype=float), known["v"].to_numpy(dtype=float), 1)[0]
-    return float(slope * 60)
+    return stats.slope_per_min(list(times.astype(float)), list(pd.to_numeric(values, errors="coerce")))
 
 
 def _column(samples: pd.DataFrame, name: str) -> pd.Series:
@@ -179,18 +202,88 @@ def _connections(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
         "server_rss_slope_mb_per_min": slope_per_min(samples["time"], rss),
         "server_fds_peak": int(fds.max()) if fds.notna().any() else None,
         "server_fds_slope_per_min": slope_per_min(samples["time"], fds),
+        "generator_cpu_pct": _mean(_column(samples, "generator_cpu_pct")),
+        "postgres_cpu_pct": _mean(_column(samples, "postgres_cpu_pct")),
     }
 
 
-def summarize_variant(folder: Path) -> dict[str, Any]:
-    """The summary record of one variant, from its raw files."""
-    meta = read_json(folder / "variant.json")
+def _mean(values: pd.Series) -> float | None:
+    return float(values.mean()) if values.notna().any() else None
+
+
+def read_history(folder: Path) -> pd.DataFrame:
+    """Locust's once-a-second history of the aggregate. The statistics reset at the end
+    of the warm-up can tear a line; torn lines are dropped, not guessed at."""
+    path = folder / "locust_stats_history.csv"
+    if not path.is_file():
+        return pd.DataFrame(columns=["Timestamp", "Total Request Count", "99%"])
+    history = pd.read_csv(path, on_bad_lines="skip", dtype=str)
+    history = history[history["Name"] == "Aggregated"].copy()
+    for column in ("Timestamp", "Total Request Count", "99%"):
+        history[column] = pd.to_numeric(history[column], errors="coerce")
+    return history.dropna(subset=["Timestamp", "Total Request Count"])
+
+
+def per_second_rps(folder: Path, window: tuple[float, float]) -> list[float]:
+    """Requests completed in each second of the measured window, from Locust's history."""
+    history = read_history(folder)
+    history = history[(history["Timestamp"] > window[0]) & (history["Timestamp"] <= window[1])]
+    counts = history["Total Request Count"].to_numpy(dtype=float)
+    times = history["Timestamp"].to_numpy(dtype=float)
+    if len(counts) < 3:
+        return []
+    steps = np.diff(counts) / np.diff(times)
+    return [float(v) for v in steps if v >= 0]  # a negative step is the warm-up reset
+
+
+def _schedule(folder: Path, window: tuple[float, float], requests: int) -> dict[str, Any]:
+    """Open loop: the rate achieved and the share of sends that left late."""
+    files = sorted(folder.glob("schedule-*.json"))
+    if not files:
+        return {}
+    due = sum(read_json(f)["due"] for f in files)
+    late = sum(read_json(f)["late"] for f in files)
+    return {"achieved_rps": requests / (window[1] - window[0]), "late_share": late / due if due else 0.0}
+
+
+def _soak(folder: Path, window: tuple[float, float], recovery_s: float) -> dict[str, Any]:
+    """A soak's load phase and its quiet recovery: the slope of each resource in each
+    phase, and where it stood at the end of each, so a leak is a measured growth rate
+    and recovery shows whether the resources come back."""
+    samples = pd.read_csv(folder / "connections.csv")
+    phases = {"load": window, "recovery": (window[1], window[1] + recovery_s)}
+    out: dict[str, Any] = {"load_s": window[1] - window[0], "recovery_s": recovery_s}
+    for phase, span in phases.items():
+        part = _in_window(samples, "time", span)
+        for column, name in (("total", "connections"), ("server_rss_mb", "rss_mb"), ("server_fds", "fds")):
+            values = _column(part, column)
+            out[f"{name}_slope_per_min_{phase}"] = slope_per_min(part["time"], values)
+            known = values.dropna()
+            out[f"{name}_end_of_{phase}"] = float(known.iloc[-1]) if len(known) else None
+    history = _in_window(read_history(folder), "Timestamp", window)
+    out["p99_slope_ms_per_min_load"] = slope_per_min(history["Timestamp"], history["99%"])
+    return out
+
+
+def sample_flags(record: dict[str, Any]) -> list[str]:
+    """Why a measurement cannot be taken at face value."""
+    flags = []
+    if (record.get("generator_cpu_pct") or 0) > GENERATOR_CPU_LIMIT:
+        flags.append(f"load generator at {record['generator_cpu_pct']:.0f}% CPU")
+    if record.get("mode") == "open" and record.get("rate") and record.get("achieved_rps") is not None:
+        share = record["achieved_rps"] / record["rate"]
+        if share < RATE_SHARE_LIMIT:
+            flags.append(f"achieved {record['achieved_rps']:.0f} of {record['rate']:g} req/s requested")
+    return flags
+
+
+def summarize_sample(folder: Path) -> dict[str, Any]:
+    """The record of one measurement, from its raw files."""
+    meta = read_json(folder / "sample.json")
     record = empty_record(meta)
-    record["baseline_connections"] = meta.get("baseline_connections")
-    record["settled_connections"] = meta.get("settled_connections")
-    record["terminated_backends"] = meta.get("terminated_backends")
-    record["users"] = meta.get("users")
-    record["counters"] = meta.get("counters")
+    record |= {key: meta.get(key) for key in SAMPLE_FIELDS}
+    for key in ("baseline_connections", "settled_connections", "terminated_backends", "counters"):
+        record[key] = meta.get(key)
     record["warnings"] = meta.get("warnings") or []
     if meta.get("status") != "ok":
         return record
@@ -202,51 +295,231 @@ def summarize_variant(folder: Path) -> dict[str, Any]:
     record |= _probe(folder, window)
     record |= _connections(folder, window)
     record |= _loop_lag(folder, window)
+    record |= _schedule(folder, window, record["requests"])
     record["measured_s"] = round(window[1] - window[0], 2)
+    record["rps_per_second"] = per_second_rps(folder, window)
+    record["flags"] = sample_flags(record)
+    if meta.get("mode") == "soak":
+        record["soak"] = _soak(folder, window, float(meta.get("recovery_s") or 0))
     return record
 
 
-def load_records(run_dir: Path, pairs: list[Pair]) -> list[dict[str, Any]]:
-    """Records for every variant folder that was written completely, in pair order."""
+def summarize_calibration(folder: Path) -> dict[str, Any]:
+    """What the load generator drove against a bare endpoint: its ceiling."""
+    try:
+        meta = read_json(folder / "sample.json")
+    except (OSError, ValueError):
+        return {}
+    result: dict[str, Any] = {"status": meta.get("status"), "users": meta.get("users"), "workers": meta.get("workers")}
+    window = measured_window(folder)
+    if meta.get("status") != "ok" or window is None:
+        return result | {"error": meta.get("error")}
+    result |= {k: v for k, v in _locust_totals(folder, window).items() if k in ("rps", "failure_rate", "p99_ms")}
+    usage = _connections(folder, window)
+    result |= {"generator_cpu_pct": usage["generator_cpu_pct"], "server_cpu_pct": usage["server_cpu_pct"]}
+    return result
+
+
+def _sum_counters(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Counters over the samples: numbers add up, anything else keeps its first value."""
+    found = [r["counters"] for r in records if r.get("counters")]
+    if not found:
+        return None
+    total: dict[str, Any] = {}
+    for counters in found:
+        for name, value in counters.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                total[name] = total.get(name, 0) + value
+            else:
+                total.setdefault(name, value)
+    return total
+
+
+def _merge_failures(records: list[dict[str, Any]]) -> list[list[Any]]:
+    counts: dict[str, int] = {}
+    for record in records:
+        for kind, number in record.get("top_failures") or []:
+            counts[kind] = counts.get(kind, 0) + number
+    return [[kind, n] for kind, n in sorted(counts.items(), key=lambda item: -item[1])[:3]]
+
+
+# How each field of the variant record comes from its samples.
+_SUMS = ("requests", "failures", "ping_samples", "ping_failures", "terminated_backends")
+_MAXIMA = ("max_ms", "ping_max_ms", "loop_lag_max_ms", "threads_busy_peak", "peak_connections", "server_fds_peak",
+           "server_rss_mb_peak", "settled_connections")  # fmt: skip
+
+
+def combine(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record from several measurements of the same variant and load: medians of
+    rates and percentiles, sums of counts, maxima of peaks; with each key figure's
+    repeat values, interval and spread."""
+    ok = [r for r in records if r["status"] == "ok"]
+    first = records[0]
+    out = empty_record(first) | {key: first.get(key) for key in ("mode", "users", "rate", "primary")}
+    out["baseline_connections"] = first.get("baseline_connections")
+    out["samples"] = len(records)
+    out["repeats"] = len(ok)
+    if not ok:
+        failed = next((r for r in records if r.get("error")), first)
+        return out | {
+            "status": "failed",
+            "error": failed.get("error"),
+            "settled_connections": failed.get("settled_connections"),
+        }
+    out["status"], out["error"] = "ok", None
+    out["sample"] = ok[0].get("sample")  # the one whose time series the charts draw
+    for key in RECORD_FIELDS:
+        values = [r.get(key) for r in ok]
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if key in _SUMS:
+            out[key] = sum(numbers) if numbers else None
+        elif key in _MAXIMA:
+            out[key] = max(numbers) if numbers else None
+        elif numbers and key not in ("users", "baseline_connections"):  # these stay as the first sample's
+            out[key] = stats.median(numbers)
+    out["failure_rate"] = out["failures"] / out["requests"] if out["requests"] else 0.0
+    out["top_failures"] = _merge_failures(ok)
+    out["counters"] = _sum_counters(ok)
+    out["warnings"] = list(dict.fromkeys(w for r in records for w in r.get("warnings") or []))
+    out["flags"] = list(dict.fromkeys(f for r in ok for f in r.get("flags") or []))
+    if any(r.get("achieved_rps") is not None for r in ok):
+        out["achieved_rps"] = stats.median([r.get("achieved_rps") for r in ok])
+        out["late_share"] = stats.median([r.get("late_share") for r in ok])
+    out["values"] = {figure: [r.get(figure) for r in ok] for figure in CI_FIGURES}
+    if len(ok) >= stats.MIN_REPEATS:
+        out["ci_method"] = "repeats"
+        out["ci"] = {figure: stats.bootstrap_ci(out["values"][figure]) for figure in CI_FIGURES}
+    else:
+        # One run (or two): only throughput has an interval, from its per-second counts.
+        per_second = [v for r in ok for v in r.get("rps_per_second") or []]
+        out["ci_method"] = "per-second"
+        out["ci"] = dict.fromkeys(CI_FIGURES) | {"rps": stats.bootstrap_ci(per_second, np.mean)}
+    out["spread"] = {figure: stats.spread(out["values"][figure]) for figure in CI_FIGURES}
+    return out
+
+
+def aggregate_variant(samples: list[dict[str, Any]], p99_target_ms: float) -> dict[str, Any]:
+    """The variant's record: its primary measurements combined, plus the open-loop
+    measurement, the users sweep with its knee, and the soak, where they were made."""
+    primary = [r for r in samples if r.get("primary")] or samples
+    record = combine(primary)
+    opened = [r for r in samples if r.get("mode") == "open" and not r.get("primary")]
+    record["open_loop"] = combine(opened) if opened else None
+    closed = [r for r in samples if r.get("mode") == "closed"]
+    levels = sorted({r["users"] for r in closed})
+    record["levels"] = (
+        [combine([r for r in closed if r["users"] == users]) for users in levels] if len(levels) > 1 else []
+    )
+    measured = [
+        stats.Level(level["users"], level["rps"], level["p99_ms"])
+        for level in record["levels"]
+        if level["status"] == "ok"
+    ]
+    found = stats.knee(measured, p99_target_ms)
+    record["knee"] = {"users": found.users, "rps": found.rps, "p99_ms": found.p99_ms} if found else None
+    soaked = [r for r in samples if r.get("mode") == "soak" and r["status"] == "ok"]
+    record["soak"] = soaked[0].get("soak") if soaked else None
+    record["soak_sample"] = soaked[0].get("sample") if soaked else None
+    return record
+
+
+def load_samples(run_dir: Path, pairs: list[Pair]) -> list[dict[str, Any]]:
+    """Records of every sample folder that was written completely, in pair order."""
     records = []
     for pair in pairs:
         for variant in pair.variants:
-            folder = run_dir / pair.name / variant.name
-            if not (folder / "variant.json").is_file():
-                continue
-            try:
-                records.append(summarize_variant(folder))
-            except (OSError, ValueError, KeyError, IndexError, pd.errors.ParserError) as err:
-                warnings.warn(f"skipping {pair.name}/{variant.name}: incomplete raw data ({err})", stacklevel=2)
+            for folder in sorted((run_dir / pair.name / variant.name).glob("*/sample.json")):
+                try:
+                    records.append(summarize_sample(folder.parent))
+                except (OSError, ValueError, KeyError, IndexError, pd.errors.ParserError) as err:
+                    warnings.warn(
+                        f"skipping {pair.name}/{variant.name}/{folder.parent.name}: incomplete raw data ({err})",
+                        stacklevel=2,
+                    )
     return records
 
 
+def variant_records(samples: list[dict[str, Any]], pairs: list[Pair], p99_target_ms: float) -> list[dict[str, Any]]:
+    """One record per measured variant, in declared order."""
+    out = []
+    for pair in pairs:
+        for variant in pair.variants:
+            mine = [s for s in samples if s["pair"] == pair.name and s["variant"] == variant.name]
+            if mine:
+                out.append(aggregate_variant(mine, p99_target_ms))
+    return out
+
+
 def verdicts(records: list[dict[str, Any]], pairs: list[Pair], knobs: dict[str, dict[str, int]]) -> dict[str, Verdict]:
+    """Each pair's rule on its variants' records. A flagged measurement is not used
+    silently: the verdict says which and why."""
     out = {}
     for pair in pairs:
         mine = {r["variant"]: r for r in records if r["pair"] == pair.name}
-        if mine:
-            out[pair.name] = pair.decide(mine, pair.knobs | knobs.get(pair.name, {}))
+        if not mine:
+            continue
+        verdict = pair.decide(mine, pair.knobs | knobs.get(pair.name, {}))
+        flagged = [f"`{name}` ({'; '.join(r['flags'])})" for name, r in mine.items() if r.get("flags")]
+        if flagged:
+            verdict = Verdict(
+                verdict.outcome,
+                f"{verdict.text} Caveat: flagged measurements: {', '.join(flagged)}.",
+                verdict.figures,
+                f"{verdict.headline} (flagged)" if verdict.headline else "flagged",
+            )
+        out[pair.name] = verdict
+    return out
+
+
+def comparisons(records: list[dict[str, Any]], pairs: list[Pair]) -> list[dict[str, Any]]:
+    """Each bad or reference variant against the pair's first good one: throughput and
+    p99 ratios with their intervals, and whether the difference is significant."""
+    out = []
+    for pair in pairs:
+        mine = {r["variant"]: r for r in records if r["pair"] == pair.name and r["status"] == "ok"}
+        good = next((v.name for v in pair.variants if v.role == "good" and v.name in mine), None)
+        if good is None:
+            continue
+        for variant in pair.variants:
+            if variant.name == good or variant.name not in mine:
+                continue
+            row: dict[str, Any] = {"pair": pair.name, "variant": variant.name, "baseline": good}
+            for figure in ("rps", "p99_ms"):
+                this, base = mine[variant.name], mine[good]
+                ratio = this[figure] / base[figure] if this[figure] is not None and base[figure] else None
+                overlapping = stats.overlap((this.get("ci") or {}).get(figure), (base.get("ci") or {}).get(figure))
+                row[figure] = {
+                    "ratio": ratio,
+                    "ci": stats.ratio_ci(this["values"][figure], base["values"][figure]),
+                    "significant": None if overlapping is None else not overlapping,
+                }
+            out.append(row)
     return out
 
 
 def write_summary(
-    run_dir: Path, scenario: str, records: list[dict[str, Any]], pairs: list[Pair], knobs: dict[str, dict[str, int]]
+    run_dir: Path,
+    scenario: dict[str, Any],
+    samples: list[dict[str, Any]],
+    pairs: list[Pair],
+    knobs: dict[str, dict[str, int]],
 ) -> None:
-    """summary.json: the records in declared order (whatever order they ran in) and
-    each pair's verdict on them."""
-    declared = {(p.name, v.name): i for i, (p, v) in enumerate((p, v) for p in pairs for v in p.variants)}
-    records = sorted(records, key=lambda r: declared.get((r["pair"], r["variant"]), len(declared)))
+    """summary.json: every sample, each variant's combined record (in declared order,
+    whatever order they ran in), each pair's verdict and the good/bad comparisons."""
+    records = variant_records(samples, pairs, float(scenario.get("p99_target_ms", 100.0)))
     found = verdicts(records, pairs, knobs)
     store.write_json(
         run_dir / "summary.json",
         {
             "format_version": store.FORMAT_VERSION,
-            "scenario": scenario,
+            "scenario": scenario.get("name"),
+            "calibration": summarize_calibration(run_dir / "calibration"),
             "variants": records,
             "verdicts": {
                 name: {"outcome": v.outcome, "text": v.text, "headline": v.headline, "figures": v.figures}
                 for name, v in found.items()
             },
+            "comparisons": comparisons(records, pairs),
+            "samples": samples,
         },
     )

@@ -12,8 +12,8 @@ import random
 import sys
 from pathlib import Path
 
+from harness import compare, report, runner, scenario, store
 from harness import pairs as pairs_mod
-from harness import report, runner, scenario, store
 from harness.database import redact
 from harness.pairs import BenchError
 from harness.procs import Interrupted, raise_on_sigterm
@@ -44,6 +44,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
+def _users(text: str) -> tuple[int, ...]:
+    """'50' or a sweep '1,10,50'."""
+    return tuple(_positive_int(part.strip()) for part in text.split(","))
+
+
+def _percent(text: str) -> float:
+    return _positive_float(text.rstrip("%"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bench.py", description="Load-test bad and good FastAPI patterns against PostgreSQL.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -51,8 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="measure pairs and write a run folder and its report")
     run.add_argument("--scenario", default="default", help="quick, default, or a path to a scenario .toml")
     run.add_argument("--pairs", help="comma-separated pairs, or pair/variant for one variant (default: all)")
-    run.add_argument("--users", type=_positive_int, help="concurrent Locust users (overrides the scenario)")
-    run.add_argument("--duration", type=_positive_float, help="measured seconds per variant (overrides the scenario)")
+    run.add_argument(
+        "--users", type=_users, help="concurrent Locust users, or a sweep like 1,10,50,100 (overrides the scenario)"
+    )
+    run.add_argument("--duration", type=_positive_float, help="measured seconds per sample (overrides the scenario)")
+    run.add_argument("--repeats", type=_positive_int, help="samples per variant, each in a fresh server")
+    run.add_argument("--rate", type=_positive_float, help="open loop: requests per second, on a fixed schedule")
+    run.add_argument("--soak", type=_positive_float, metavar="SECONDS", help="a soak of this length for leak pairs")
+    run.add_argument(
+        "--locust-workers", type=_non_negative_int, help="Locust's distributed mode with N worker processes"
+    )
     run.add_argument(
         "--set",
         dest="settings",
@@ -77,7 +104,29 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-top", action="store_true", help="do not overwrite the top-level REPORT.md")
 
     commands.add_parser("list", help="show pairs, variants, roles, knobs and the claim each tests")
+
+    cmp = commands.add_parser("compare", help="compare two stored runs, variant by variant")
+    cmp.add_argument("run_a", type=Path, help="the baseline run folder")
+    cmp.add_argument("run_b", type=Path, help="the run compared with it")
+    cmp.add_argument(
+        "--fail-above", type=_percent, metavar="PCT", help="exit 1 if a figure got worse by more than PCT percent"
+    )
     return parser
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    changes = compare.compare(args.run_a, args.run_b)
+    print(compare.render(changes, compare.differences(args.run_a, args.run_b)))
+    if args.fail_above is None:
+        return 0
+    worse = compare.regressions(changes, args.fail_above)
+    for change in worse:
+        print(
+            f"regression: {change.pair}/{change.variant} {change.label} worse by {change.regression_pct:.0f}% "
+            f"(> {args.fail_above:g}%)",
+            file=sys.stderr,
+        )
+    return 1 if worse else 0
 
 
 def cmd_list() -> int:
@@ -97,7 +146,17 @@ def cmd_list() -> int:
 
 def plan_new(args: argparse.Namespace) -> runner.RunPlan:
     chosen = pairs_mod.select([n.strip() for n in args.pairs.split(",") if n.strip()] if args.pairs else None)
-    plan_scenario = scenario.override(scenario.load(args.scenario), users=args.users, duration_s=args.duration)
+    users = args.users or ()
+    plan_scenario = scenario.override(
+        scenario.load(args.scenario),
+        users=users[0] if len(users) == 1 else None,
+        levels=users if len(users) > 1 else None,
+        duration_s=args.duration,
+        repeats=args.repeats,
+        rate=args.rate,
+        soak_s=args.soak,
+        locust_workers=args.locust_workers,
+    )
     knobs = runner.resolve_knobs(chosen, args.settings)
     run_dir = store.new_run_dir(plan_scenario.name, args.out)
     return runner.RunPlan(
@@ -117,7 +176,9 @@ def plan_resume(args: argparse.Namespace, given: list[str]) -> runner.RunPlan:
     run_dir: Path = args.resume
     if not store.is_run_dir(run_dir):
         raise BenchError(f"{run_dir} is not a run folder (no manifest.json)")
-    clashing = [option for option in ("--scenario", "--pairs", "--users", "--duration", "--set", "--out", "--shuffle")
+    options = ("--scenario", "--pairs", "--users", "--duration", "--set", "--out", "--shuffle", "--repeats", "--rate",
+               "--soak", "--locust-workers")  # fmt: skip
+    clashing = [option for option in options
                 if any(arg == option or arg.startswith(option + "=") for arg in given)]  # fmt: skip
     if clashing:
         raise BenchError(f"--resume continues the stored plan; drop {', '.join(clashing)}")
@@ -126,8 +187,9 @@ def plan_resume(args: argparse.Namespace, given: list[str]) -> runner.RunPlan:
         raise BenchError(f"{run_dir} is already complete; nothing to resume")
     if manifest.get("database", {}).get("source") == "dsn" and not args.dsn:
         raise BenchError(f"{run_dir} ran against --dsn {manifest['database']['dsn']}; pass --dsn again to resume")
+    store.check_format(run_dir)
     stored = {k: v for k, v in manifest["scenario"].items() if k != "name"}
-    plan_scenario = scenario.Scenario(name=manifest["scenario"]["name"], **stored)
+    plan_scenario = scenario.from_stored(manifest["scenario"]["name"], stored)
     return runner.RunPlan(
         scenario=plan_scenario,
         pairs=pairs_mod.select([f"{p}/{v}" for p, names in manifest["variants"].items() for v in names]),
@@ -161,6 +223,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or store.latest_run()
     if not store.is_run_dir(run_dir):
         raise BenchError(f"{run_dir} is not a run folder (no manifest.json)")
+    store.check_format(run_dir)
     path = report.rebuild(run_dir, write_top_report=store.in_results(run_dir) and not args.no_top)
     print(f"report: {path}")
     return 0
@@ -175,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_list()
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "compare":
+            return cmd_compare(args)
         return cmd_run(args, argv)
     except BenchError as err:
         print(f"bench.py: error: {redact(str(err))}", file=sys.stderr)

@@ -48,6 +48,7 @@ class Database:
     source: str  # "embedded" or "dsn"
     app_dsn: str = ""  # what the variant apps connect with; the same as dsn when empty
     app_role: str = ""  # the apps' role, granted read access to the table by prepare()
+    server_pid: int | None = None  # the postmaster, when it runs on this machine (its CPU is sampled)
 
     @property
     def variant_dsn(self) -> str:
@@ -338,7 +339,14 @@ class EmbeddedPostgres(Service[Database]):
             source="embedded",
             app_dsn=f"postgresql://{APP_ROLE}:{quote(password, safe='')}@{base}",
             app_role=APP_ROLE,
+            server_pid=self._postmaster_pid(),
         )
+
+    def _postmaster_pid(self) -> int | None:
+        try:
+            return int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def stop(self) -> None:
         if self._in_use is None:  # never owned it: another run's server is not ours to stop

@@ -96,6 +96,13 @@ class Pair:
     upstream: bool = False  # start the stub upstream (harness.upstream) beside each variant
     references: tuple[str, ...] = ()  # upstream issues and PRs behind the mechanism
     sweep_label: str = ""  # the x axis of a sweep pair's chart, e.g. "middleware layers"
+    # Open loop: the request rate (per second, from the knobs in force) at which scenarios
+    # with `open_loop` also measure this pair, beside its closed-loop measurement.
+    open_loop_rate: Callable[[Mapping[str, int]], float] | None = None
+    soak: bool = False  # the claim is about a leak: `--soak` gives it a long load and a recovery
+    # Expected throughput ceilings from first principles (knobs, users, CPUs), by variant,
+    # with the reason; the report checks the measured figures against them.
+    physics: Callable[[Mapping[str, int], int, int], dict[str, tuple[float, str]]] | None = None
 
     @property
     def app(self) -> str:

@@ -97,6 +97,8 @@ class ManagedProcess(Service["ManagedProcess"]):
         return self.proc.pid
 
     def start(self) -> ManagedProcess:
+        if self.proc is not None:  # a second start would orphan the first process
+            raise RuntimeError(f"{self.name} was already started")
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(

@@ -1,9 +1,9 @@
-"""REPORT.md and its charts, built only from what a run folder holds.
+"""REPORT.md, built only from what a run folder holds.
 
 `rebuild` re-derives summary.json from the raw files first (so a fixed analysis applies
 to old runs); `render` reads summary.json, manifest.json, each variant.json and the
-sampled CSVs. The prose comes from each pair's declaration; every figure and verdict
-comes from the run.
+sampled CSVs (through harness.charts). The prose comes from each pair's declaration and
+the mechanisms explained here; every figure and verdict comes from the run.
 """
 
 from __future__ import annotations
@@ -14,33 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import pandas as pd
-
-from harness import analysis, store
+from harness import analysis, charts, stats, store
 from harness.pairs import ARTICLES, ROOT, Pair, discover
-
-# Each variant gets its own colour; the family says its role (warm = bad, cool = good).
-ROLE_PALETTES = {
-    "bad": ["#d1495b", "#f18f01", "#8e2c3f"],
-    "good": ["#2e86ab", "#3bb273", "#1b4965"],
-    "reference": ["#7d7d7d", "#b0b0b0", "#4a4a4a"],
-}
-ROLE_STYLES = {"bad": "--", "good": "-", "reference": ":"}
-
-
-def variant_colors(records: list[dict[str, Any]]) -> dict[str, str]:
-    used: dict[str, int] = {}
-    colors = {}
-    for r in records:
-        palette = ROLE_PALETTES.get(r["role"], ["#444444"])
-        colors[r["variant"]] = palette[used.get(r["role"], 0) % len(palette)]
-        used[r["role"]] = used.get(r["role"], 0) + 1
-    return colors
-
 
 TOP_REPORT = ROOT / "REPORT.md"
 
@@ -61,141 +36,51 @@ def rebuild(run_dir: Path, write_top_report: bool) -> Path:
     """Recompute summary.json from the raw variant folders, then render."""
     manifest = store.read_json(run_dir / "manifest.json")
     pairs = _pairs_in_run(run_dir)
-    records = analysis.load_records(run_dir, pairs)
-    analysis.write_summary(run_dir, manifest["scenario"]["name"], records, pairs, manifest["pairs"])
+    samples = analysis.load_samples(run_dir, pairs)
+    analysis.write_summary(run_dir, manifest["scenario"], samples, pairs, manifest["pairs"])
     return render(run_dir, write_top_report)
-
-
-# --- charts -------------------------------------------------------------------------
-
-
-def _series(run_dir: Path, record: dict[str, Any], name: str, column: str) -> pd.DataFrame | None:
-    folder = run_dir / record["pair"] / record["variant"]
-    start = store.read_phases(folder).get("load_start")
-    if start is None or not (folder / name).is_file():
-        return None
-    frame = pd.read_csv(folder / name)
-    if frame.empty:
-        return None
-    frame["t"] = frame[column] - start
-    return frame
-
-
-def _warmup_end(run_dir: Path, records: list[dict[str, Any]]) -> float | None:
-    for r in records:
-        phases = store.read_phases(run_dir / r["pair"] / r["variant"])
-        if "measure_start" in phases and "load_start" in phases:
-            return phases["measure_start"] - phases["load_start"]
-    return None
-
-
-def chart_pair(run_dir: Path, pair: Pair, records: list[dict[str, Any]], out: Path) -> None:
-    fig, axes = plt.subplots(3, 2, figsize=(12, 12.5))
-    names = [r["variant"] for r in records]
-    by_variant = variant_colors(records)
-    colors = [by_variant[name] for name in names]
-    ok = [r for r in records if r["status"] == "ok"]
-
-    ax = axes[0][0]
-    good_rps = [(r["rps"] or 0) * (1 - (r["failure_rate"] or 0)) for r in records]
-    failed_rps = [(r["rps"] or 0) * (r["failure_rate"] or 0) for r in records]
-    ax.bar(names, good_rps, color=colors)
-    ax.bar(names, failed_rps, bottom=good_rps, color="none", edgecolor="black", hatch="//", label="failed requests")
-    ax.set_title("Throughput (req/s; hatched = failed)")
-    ax.tick_params(axis="x", labelrotation=15)
-    if any(failed_rps):
-        ax.legend(loc="upper right", fontsize=8)
-
-    ax = axes[0][1]
-    width = 0.2
-    for i, (key, label) in enumerate(
-        [("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99"), ("ping_p99_ms", "/ping p99")]
-    ):
-        values = [r[key] or 0 for r in records]
-        ax.bar([x + (i - 1.5) * width for x in range(len(records))], [max(v, 0.1) for v in values], width, label=label)
-    ax.set_xticks(range(len(records)), names, rotation=15)
-    ax.set_yscale("log")
-    ax.set_title("Latency (ms, log scale)")
-    ax.legend(fontsize=8)
-
-    warmup_end = _warmup_end(run_dir, ok)
-    for ax, file, column, value, title in (
-        (axes[1][0], "connections.csv", "time", "total", "PostgreSQL backends (pg_stat_activity)"),
-        (axes[1][1], "probe.csv", "intended", "latency_ms", "/ping latency during load (ms, log scale)"),
-        (axes[2][0], "loop_lag.csv", "time", "lag_ms", "event-loop lag inside the server (ms, log scale)"),
-        (axes[2][1], "connections.csv", "time", "server_rss_mb", "server resident memory (MB)"),
-    ):
-        if warmup_end:
-            ax.axvspan(0, warmup_end, color="#ececec", label="warm-up (not counted)")
-        for r in ok:
-            frame = _series(run_dir, r, file, column)
-            if frame is not None and value in frame:
-                style = ROLE_STYLES.get(r["role"], "-")
-                ax.plot(
-                    frame["t"], frame[value], style, label=r["variant"], color=by_variant[r["variant"]], linewidth=1.2
-                )
-        ax.set_title(title)
-        ax.set_xlabel("seconds since load start")
-        ax.legend(fontsize=8)
-    axes[1][0].set_ylim(bottom=0)  # a count: a flat line must not be zoomed into noise
-    axes[1][1].set_yscale("log")
-    axes[2][0].set_yscale("symlog", linthresh=1.0)  # lag is often 0.0x ms: linear below 1 ms
-    axes[2][1].set_ylim(bottom=0)
-    fig.suptitle(f"{pair.name}: {pair.claim}", fontsize=11)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-
-
-def sweep_points(pair: Pair, records: list[dict[str, Any]]) -> dict[str, list[tuple[int, dict[str, Any]]]]:
-    """Measured records by sweep series, sorted by x. A variant in a series of its own
-    that sits at x = 0 (e.g. no middleware at all) is the common start of every series."""
-    by_name = {r["variant"]: r for r in records if r["status"] == "ok"}
-    series: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-    shared: list[tuple[int, dict[str, Any]]] = []
-    for variant in pair.variants:
-        if variant.sweep is None or variant.name not in by_name:
-            continue
-        label, x = variant.sweep
-        series.setdefault(label, []).append((x, by_name[variant.name]))
-    for label, points in list(series.items()):
-        if len(points) == 1 and points[0][0] == 0 and len(series) > 1:
-            shared += points
-            del series[label]
-    return {label: sorted(points + shared, key=lambda p: p[0]) for label, points in series.items()}
-
-
-def chart_sweep(pair: Pair, records: list[dict[str, Any]], out: Path) -> bool:
-    """Throughput and latency against the swept quantity, one line per series."""
-    series = sweep_points(pair, records)
-    if not series:
-        return False
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for label, points in series.items():
-        xs = [x for x, _ in points]
-        left.plot(xs, [r["rps"] for _, r in points], "o-", label=label)
-        (line,) = right.plot(xs, [r["p50_ms"] for _, r in points], "o-", label=f"{label} p50")
-        right.plot(xs, [r["p99_ms"] for _, r in points], "s--", color=line.get_color(), label=f"{label} p99")
-    left.set_title("Throughput (req/s)")
-    left.set_ylim(bottom=0)
-    right.set_title("Latency (ms)")
-    right.set_ylim(bottom=0)
-    for ax in (left, right):
-        ax.set_xlabel(pair.sweep_label or "sweep")
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{pair.name}: {pair.claim}", fontsize=11)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return True
 
 
 # --- markdown -----------------------------------------------------------------------
 
 
-def _environment(manifest: dict[str, Any]) -> list[str]:
+def _load_plan(scenario: dict[str, Any]) -> str:
+    parts = [
+        f"`{scenario['name']}`: {scenario['users']} users"
+        + (f" (sweep: {', '.join(str(u) for u in scenario['levels'])})" if scenario.get("levels") else ""),
+        f"{_num(scenario['warmup_s'], 0)} s warm-up + {_num(scenario['duration_s'], 0)} s measured per sample",
+        f"{scenario.get('repeats', 1)} repeat(s) per variant, each in a fresh server, order shuffled per repeat"
+        if scenario.get("repeats", 1) > 1
+        else "1 sample per variant",
+    ]
+    if scenario.get("rate"):
+        parts.append(f"open loop at {scenario['rate']:g} req/s")
+    elif scenario.get("open_loop"):
+        parts.append("plus an open-loop sample for pairs that declare a rate")
+    if scenario.get("soak_s"):
+        parts.append(f"soak {scenario['soak_s']:g} s for leak pairs")
+    parts.append(f"/ping at {_num(scenario['probe_rate'], 0)}/s, {scenario['rows']:,} seeded rows")
+    return "; ".join(parts)
+
+
+def _load_generator(manifest: dict[str, Any], calibration: dict[str, Any]) -> str:
+    chosen = manifest.get("load_generator") or {}
+    workers = chosen.get("workers", manifest["scenario"].get("locust_workers", 0))
+    text = f"Locust {'with ' + str(workers) + ' worker processes' if workers else 'in one process'}"
+    if chosen.get("reason"):
+        text += f" ({chosen['reason']})"
+    if calibration.get("rps"):
+        text += (
+            f"; calibration: {calibration['rps']:,.0f} req/s against a bare ASGI endpoint with "
+            f"{calibration['users']} users, generator at {_num(calibration.get('generator_cpu_pct'))}% CPU, "
+            f"endpoint at {_num(calibration.get('server_cpu_pct'))}%: the most this machine's generator drives"
+        )
+    elif calibration.get("error"):
+        text += f"; calibration failed: {calibration['error']}"
+    return text
+
+
+def _environment(manifest: dict[str, Any], calibration: dict[str, Any]) -> list[str]:
     env, db, scenario = manifest["environment"], manifest.get("database", {}), manifest["scenario"]
     packages = ", ".join(f"{name} {version}" for name, version in env["packages"].items())
     dirty = " (uncommitted changes)" if env.get("git_dirty") else ""
@@ -209,25 +94,36 @@ def _environment(manifest: dict[str, Any]) -> list[str]:
         f"| Packages | {packages} |",
         f"| PostgreSQL | {db.get('server_version', 'n/a')} ({db.get('source', 'n/a')}), "
         f"max_connections {db.get('max_connections', 'n/a')} |",
-        f"| Scenario | `{scenario['name']}`: {scenario['users']} users, {_num(scenario['warmup_s'], 0)} s warm-up + "
-        f"{_num(scenario['duration_s'], 0)} s measured per variant, /ping at {_num(scenario['probe_rate'], 0)}/s, "
-        f"{scenario['rows']:,} seeded rows |",
+        f"| Scenario | {_load_plan(scenario)} |",
+        f"| Load generator | {_load_generator(manifest, calibration)} |",
     ]
+
+
+def _figure(r: dict[str, Any], key: str, digits: int = 0) -> str:
+    """A median with its 95% interval, and a warning when repeats spread more than 10%."""
+    text = _num(r.get(key), digits)
+    ci = (r.get("ci") or {}).get(key)
+    if ci:
+        text += f" ({_num(ci[0], digits)}-{_num(ci[1], digits)})"
+    spread = (r.get("spread") or {}).get(key)
+    if spread is not None and spread > stats.SPREAD_WARNING:
+        text += f" ⚠ ±{100 * spread:.0f}%"
+    return text
 
 
 # The per-variant table: header, alignment, and how each cell is read from a record.
 COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("variant", "---", lambda r: f"`{r['variant']}`"),
     ("role", "---", lambda r: r["role"]),
-    ("req/s", "--:", lambda r: _num(r["rps"], 1)),
+    ("req/s", "--:", lambda r: _figure(r, "rps", 1)),
     ("requests", "--:", lambda r: _num(r["requests"])),
     ("failures", "--:", lambda r: f"{r['failures']:,} ({100 * r['failure_rate']:.1f}%)"),
-    ("p50 ms", "--:", lambda r: _num(r["p50_ms"])),
+    ("p50 ms", "--:", lambda r: _figure(r, "p50_ms")),
     ("p95 ms", "--:", lambda r: _num(r["p95_ms"])),
-    ("p99 ms", "--:", lambda r: _num(r["p99_ms"])),
+    ("p99 ms", "--:", lambda r: _figure(r, "p99_ms")),
     ("max ms", "--:", lambda r: _num(r["max_ms"])),
-    ("/ping p99 ms", "--:", lambda r: _num(r["ping_p99_ms"], 1)),
-    ("loop lag p99 ms", "--:", lambda r: _num(r.get("loop_lag_p99_ms"), 1)),
+    ("/ping p99 ms", "--:", lambda r: _figure(r, "ping_p99_ms", 1)),
+    ("loop lag p99 ms", "--:", lambda r: _figure(r, "loop_lag_p99_ms", 1)),
     (
         "worker threads mean/peak",
         "--:",
@@ -243,6 +139,8 @@ RESOURCE_COLUMNS: Columns = [
     ("variant", "---", lambda r: f"`{r['variant']}`"),
     ("new backends/s", "--:", lambda r: _num(r.get("new_backends_per_s"), 1)),
     ("server CPU %", "--:", lambda r: _num(r.get("server_cpu_pct"))),
+    ("PostgreSQL CPU %", "--:", lambda r: _num(r.get("postgres_cpu_pct"))),
+    ("generator CPU %", "--:", lambda r: _num(r.get("generator_cpu_pct"))),
     ("RSS peak MB", "--:", lambda r: _num(r.get("server_rss_mb_peak"), 1)),
     ("RSS slope MB/min", "--:", lambda r: _num(r.get("server_rss_slope_mb_per_min"), 2)),
     ("open FDs peak", "--:", lambda r: _num(r.get("server_fds_peak"))),
@@ -274,6 +172,167 @@ def reference_link(ref: str) -> str:
     return f"[{ref}](https://github.com/{owner}/{repo}/issues/{number})" if owner and number.isdigit() else ref
 
 
+def _ratio(cell: dict[str, Any]) -> str:
+    """'0.42x (0.38-0.47), significant' from a comparison cell."""
+    if cell["ratio"] is None:
+        return "n/a"
+    text = f"{cell['ratio']:.2f}x"
+    if cell["ci"]:
+        text += f" ({cell['ci'][0]:.2f}-{cell['ci'][1]:.2f})"
+    if cell["significant"] is not None:
+        text += "" if cell["significant"] else ", not significant"
+    return text
+
+
+def _comparisons(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "**Against the good variant** (ratio of medians, 95% bootstrap interval; not significant when the two "
+        "variants' intervals overlap):",
+        "",
+        "| variant | vs | throughput | p99 |",
+        "|---|---|--:|--:|",
+    ]
+    lines += [
+        f"| `{row['variant']}` | `{row['baseline']}` | {_ratio(row['rps'])} | {_ratio(row['p99_ms'])} |" for row in rows
+    ]
+    return [*lines, ""]
+
+
+# Why the two loops disagree; prose about the mechanism, the numbers come from the run.
+OPEN_LOOP_NOTE = (
+    "A closed loop keeps every user's request in the system, so latency grows with the number of users "
+    "queued behind a slow server, and during a stall the users simply stop sending, which hides the requests "
+    "a real population of clients would have kept sending. An open loop sends on a fixed schedule whatever "
+    "happens and counts from the scheduled time, so it shows latency at a given arrival rate: close to the "
+    "service time below capacity, and growing for as long as the run lasts above it."
+)
+
+
+def _open_loop(records: list[dict[str, Any]]) -> list[str]:
+    both = [r for r in records if r["status"] == "ok" and (r.get("open_loop") or {}).get("status") == "ok"]
+    if not both:
+        return []
+    lines = [
+        "**Closed loop against open loop.** " + OPEN_LOOP_NOTE,
+        "",
+        "| variant | closed p50 / p99 ms | open-loop rate (achieved) | open p50 / p99 ms | open max ms | sent late |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for r in both:
+        o = r["open_loop"]
+        closed = f"{_num(r['p50_ms'])} / {_figure(r, 'p99_ms')}"
+        opened = f"{_num(o['p50_ms'])} / {_figure(o, 'p99_ms')}"
+        late = f"{_num(100 * (o.get('late_share') or 0), 1)}%"
+        rate = f"{o['rate']:g} ({_num(o.get('achieved_rps'), 1)})"
+        lines.append(f"| `{r['variant']}` | {closed} | {rate} | {opened} | {_num(o['max_ms'])} | {late} |")
+    return [*lines, ""]
+
+
+def _levels(records: list[dict[str, Any]], target_ms: float) -> list[str]:
+    swept = [r for r in records if r.get("levels")]
+    if not swept:
+        return []
+    users = sorted({level["users"] for r in swept for level in r["levels"]})
+    lines = [
+        f"**Users sweep.** Throughput in req/s (p99 ms) at each level; the knee is the most throughput "
+        f"with p99 under {target_ms:g} ms.",
+        "",
+        "| variant | " + " | ".join(f"{u} users" for u in users) + " | knee |",
+        "|---|" + "--:|" * (len(users) + 1),
+    ]
+    for r in swept:
+        by_users = {level["users"]: level for level in r["levels"]}
+        cells = [
+            f"{_num(by_users[u]['rps'])} ({_num(by_users[u]['p99_ms'])})"
+            if u in by_users and by_users[u]["status"] == "ok"
+            else "n/a"
+            for u in users
+        ]
+        knee = r.get("knee")
+        knee_text = (
+            f"{knee['users']} users: {_num(knee['rps'])} req/s, p99 {_num(knee['p99_ms'])} ms" if knee else "none"
+        )
+        lines.append(f"| `{r['variant']}` | " + " | ".join(cells) + f" | {knee_text} |")
+    return [*lines, ""]
+
+
+def _soak(records: list[dict[str, Any]]) -> list[str]:
+    soaked = [r for r in records if r.get("soak")]
+    if not soaked:
+        return []
+    lines = [
+        "**Soak.** Fitted slope per minute during the load and during the quiet recovery after it, and where "
+        "each resource stood at the end of each phase:",
+        "",
+        "| variant | backends /min (load, recovery) | backends at end (load, recovery) | RSS MB/min (load, recovery) "
+        "| RSS MB at end (load, recovery) | p99 ms/min (load) |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for r in soaked:
+        s = r["soak"]
+        lines.append(
+            f"| `{r['variant']}` | {_num(s.get('connections_slope_per_min_load'), 1)}, "
+            f"{_num(s.get('connections_slope_per_min_recovery'), 1)} | {_num(s.get('connections_end_of_load'))}, "
+            f"{_num(s.get('connections_end_of_recovery'))} | {_num(s.get('rss_mb_slope_per_min_load'), 2)}, "
+            f"{_num(s.get('rss_mb_slope_per_min_recovery'), 2)} | {_num(s.get('rss_mb_end_of_load'), 1)}, "
+            f"{_num(s.get('rss_mb_end_of_recovery'), 1)} | {_num(s.get('p99_slope_ms_per_min_load'), 1)} |"
+        )
+    return [*lines, ""]
+
+
+# Measured within this share of the expected ceiling: the harness and the model agree.
+PHYSICS_TOLERANCE = 0.15
+SATURATED_CPU = 90.0
+
+
+def physics_rows(pair: Pair, records: list[dict[str, Any]], knobs: dict[str, int], cpus: int) -> list[dict[str, Any]]:
+    """Expected ceilings next to measured throughput, with the deviation and, when they
+    disagree, what the samples say limited the measurement."""
+    if pair.physics is None:
+        return []
+    rows = []
+    for r in records:
+        if r["status"] != "ok":
+            continue
+        expected = pair.physics(knobs, int(r["users"] or 0), cpus).get(r["variant"])
+        if expected is None:
+            continue
+        ceiling, why = expected
+        deviation = (r["rps"] - ceiling) / ceiling
+        if r.get("flags"):
+            verdict = f"not judged: {'; '.join(r['flags'])}"
+        elif abs(deviation) <= PHYSICS_TOLERANCE:
+            verdict = "agrees"
+        elif deviation < 0 and (r.get("server_cpu_pct") or 0) >= SATURATED_CPU:
+            verdict = f"below: the server was CPU-bound ({r['server_cpu_pct']:.0f}% CPU) before the ceiling"
+        else:
+            verdict = f"disagrees by {100 * deviation:+.0f}%: the model or the harness is wrong here"
+        rows.append({"variant": r["variant"], "expected": ceiling, "why": why, "measured": r["rps"],
+                     "ci": (r.get("ci") or {}).get("rps"), "deviation": deviation, "assessment": verdict})  # fmt: skip
+    return rows
+
+
+def _physics(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        f"**Physics check.** Throughput ceilings from first principles next to the measured figures; within "
+        f"{100 * PHYSICS_TOLERANCE:g}% they agree.",
+        "",
+        "| variant | expected ceiling req/s | from | measured req/s | deviation | assessment |",
+        "|---|--:|---|--:|--:|---|",
+    ]
+    for row in rows:
+        ci = f" ({_num(row['ci'][0])}-{_num(row['ci'][1])})" if row["ci"] else ""
+        lines.append(
+            f"| `{row['variant']}` | {_num(row['expected'])} | {row['why']} | {_num(row['measured'])}{ci} "
+            f"| {100 * row['deviation']:+.0f}% | {row['assessment']} |"
+        )
+    return [*lines, ""]
+
+
 def _sources(pair: Pair) -> str:
     return "; ".join(f'"{ARTICLES[key].title}" (seed {key})' for key in pair.sources)
 
@@ -282,10 +341,12 @@ def _pair_section(
     run_dir: Path,
     pair: Pair,
     records: list[dict[str, Any]],
-    verdict: dict[str, Any] | None,
+    summary: dict[str, Any],
+    manifest: dict[str, Any],
     charts: list[str],
-    knobs: dict[str, int],
 ) -> list[str]:
+    verdict = summary["verdicts"].get(pair.name)
+    knobs = pair.knobs | manifest["pairs"].get(pair.name, {})
     lines = [f"## `{pair.name}`: {pair.claim_id}", "", f"**Claim.** {pair.claim} Source: {_sources(pair)}.", ""]
     if verdict:
         lines += [f"**Verdict: {verdict['outcome']}.** {verdict['text']}", ""]
@@ -293,6 +354,11 @@ def _pair_section(
     if setup:
         lines += [f"**Settings.** {', '.join(setup)}.", ""]
     lines += [*_table(records), "", *_table(records, RESOURCE_COLUMNS), ""]
+    lines += _comparisons([row for row in summary.get("comparisons", []) if row["pair"] == pair.name])
+    lines += _open_loop(records)
+    lines += _levels(records, float(manifest["scenario"].get("p99_target_ms", 100)))
+    lines += _soak(records)
+    lines += _physics(physics_rows(pair, records, knobs, int(manifest["environment"]["cpu_count"] or 1)))
     lines += [f"![{pair.name} charts]({chart})" for chart in charts] + [""]
     lines += [f"**How the verdict is decided.** {pair.decided_by}", "", f"**Mechanism.** {pair.mechanism}"]
     if pair.references:
@@ -315,6 +381,10 @@ def _pair_section(
         lines += ["**Backends that did not return to baseline** after the server stopped:", ""]
         lines += [f"- `{r['variant']}`: {r['settled_connections']} left (baseline {r['baseline_connections']})"
                   for r in unsettled] + [""]  # fmt: skip
+    flagged = [(r["variant"], flag) for r in records for flag in r.get("flags") or []]
+    if flagged:
+        lines += ["**Flagged measurements** (not taken at face value):", ""]
+        lines += [f"- `{variant}`: {flag}" for variant, flag in flagged] + [""]
     lines += ["**The variants.**", ""]
     for r in records:
         meta = store.read_json(run_dir / r["pair"] / r["variant"] / "variant.json")
@@ -371,13 +441,12 @@ def render(run_dir: Path, write_top_report: bool) -> Path:
         by_pair.setdefault(record["pair"], []).append(record)
     charts_dir = run_dir / "charts"
     shutil.rmtree(charts_dir, ignore_errors=True)
-    charts: dict[str, list[str]] = {}
+    drawn: dict[str, list[str]] = {}
+    target_ms = float(manifest["scenario"].get("p99_target_ms", 100))
     for pair in pairs:
-        if pair.name in by_pair:
-            chart_pair(run_dir, pair, by_pair[pair.name], charts_dir / f"{pair.name}.png")
-            charts[pair.name] = [f"charts/{pair.name}.png"]
-            if chart_sweep(pair, by_pair[pair.name], charts_dir / f"{pair.name}-sweep.png"):
-                charts[pair.name].insert(0, f"charts/{pair.name}-sweep.png")
+        if pair.name not in by_pair:
+            continue
+        drawn[pair.name] = charts.draw_pair(run_dir, pair, by_pair[pair.name], charts_dir, target_ms)
 
     def document(chart_prefix: str) -> str:
         lines = [
@@ -392,7 +461,7 @@ def render(run_dir: Path, write_top_report: bool) -> Path:
             *_ledger(pairs, summary["verdicts"], manifest),
             "## Environment",
             "",
-            *_environment(manifest),
+            *_environment(manifest, summary.get("calibration") or {}),
             "",
             "## Reproduce",
             "",
@@ -409,19 +478,27 @@ def render(run_dir: Path, write_top_report: bool) -> Path:
         for pair in pairs:
             if pair.name in by_pair:
                 lines += _pair_section(
-                    run_dir,
-                    pair,
-                    by_pair[pair.name],
-                    summary["verdicts"].get(pair.name),
-                    [chart_prefix + chart for chart in charts[pair.name]],
-                    pair.knobs | manifest["pairs"].get(pair.name, {}),
+                    run_dir, pair, by_pair[pair.name], summary, manifest, [chart_prefix + c for c in drawn[pair.name]]
                 )
         lines += [
             "## Method",
             "",
-            "- Each variant runs in a fresh uvicorn process (one worker) on 127.0.0.1 and is verified (status and body "
-            "against the database row) before any load. Locust users are closed-loop with no wait time; statistics are "
-            "reset when the warm-up ends. Locust rounds percentiles above 100 ms to two significant figures.",
+            "- Each sample (one measurement of one variant) runs in a fresh uvicorn process (one worker) on 127.0.0.1 "
+            "and is verified (status and body against the database row) before any load. Locust users are "
+            "closed-loop with no wait time unless the table says open loop; statistics are reset when the warm-up "
+            "ends. Locust rounds percentiles above 100 ms to two significant figures.",
+            "- Repeats: a figure is the median over the variant's samples; the interval after it is a 95% percentile "
+            f"bootstrap ({stats.RESAMPLES:,} resamples, fixed seed) over repeats when there are at least "
+            f"{stats.MIN_REPEATS}, otherwise over the run's per-second throughput (then only req/s has one, and it "
+            "says how steady one run was, not how much runs differ). ⚠ marks a figure whose standard deviation over "
+            f"repeats exceeds {100 * stats.SPREAD_WARNING:g}% of its mean. A ratio's interval resamples both "
+            "variants; a difference is not significant when the two intervals overlap.",
+            "- Open loop: requests fall due at a fixed rate whether or not earlier ones returned; latency is counted "
+            "from the due time, and a send more than 10 ms late is counted as late.",
+            f"- Saturation guards: the load generator's CPU (busiest Locust process), the server's and PostgreSQL's "
+            f"are sampled with the backends. A sample where the generator ran above {analysis.GENERATOR_CPU_LIMIT:g}% "
+            f"CPU, or an open-loop sample that achieved under {100 * analysis.RATE_SHARE_LIMIT:g}% of its rate, is "
+            "flagged in summary.json and here, and a verdict that rests on it says so.",
             "- `/ping` is an `async def` route that does nothing; the runner requests it on a fixed schedule "
             "alongside the load and measures latency from the scheduled time, so a stalled event loop shows in full.",
             "- Loop lag: every variant's process runs a task that asks the event loop to wake it every 10 ms "

@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,17 +88,23 @@ def resolve_knobs(pairs: list[Pair], settings: list[str]) -> dict[str, dict[str,
 
 
 class Progress:
-    """One line per phase; while load runs, a countdown (in place on a terminal)."""
+    """One line per phase, with the time the rest will take at the pace so far; while
+    load runs, a countdown (in place on a terminal)."""
 
     def __init__(self, total: int) -> None:
         self.total, self.index = total, 0
         self.tty = sys.stderr.isatty()
         self.label = ""
-        self._last_line = time.monotonic()
+        self._started = self._last_line = time.monotonic()
 
-    def variant(self, pair: str, variant: str) -> None:
-        self.index += 1
-        self.label = f"[{self.index}/{self.total}] {pair}/{variant}"
+    def step(self, what: str, detail: str) -> None:
+        done, self.index = self.index, self.index + 1
+        pace = f", about {self._left(done)} left" if done else ""
+        self.label = f"[{self.index}/{self.total}{pace}] {what} {detail}"
+
+    def _left(self, done: int) -> str:
+        seconds = (time.monotonic() - self._started) / done * (self.total - done)
+        return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
     def say(self, text: str) -> None:
         if self.tty:
@@ -238,57 +244,144 @@ def verify(port: int, variant: Variant, db: Database, rows: int, timeout_s: floa
     return {"id": item_id, "status": status, "body": got}
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One measurement: a variant under one load, in a fresh server."""
+
+    pair: Pair
+    variant: Variant
+    mode: str  # "closed" (Locust's users), "open" (a fixed request rate) or "soak"
+    users: int
+    rate: float  # open loop: requests per second; 0 otherwise
+    repeat: int
+    primary: bool  # the measurement the verdict is decided on
+
+    @property
+    def id(self) -> str:
+        load = f"rate{self.rate:g}-u{self.users}" if self.mode == "open" else f"u{self.users}"
+        return f"{self.mode}-{load}-r{self.repeat}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.pair.name}/{self.variant.name} {self.id}"
+
+
+def sample_plan(plan: RunPlan) -> list[Sample]:
+    """Every measurement of the run, in the order they run. Each repeat measures every
+    variant once per load, shuffled (seeded) so no variant always goes first."""
+    samples: list[Sample] = []
+    for repeat in range(1, plan.scenario.repeats + 1):
+        batch = []
+        for pair in plan.pairs:
+            scenario = plan.scenario_for(pair)
+            primary_users = primary_level(scenario, pair)
+            # A pair that fixes its users for the experiment is not swept.
+            levels = scenario.levels if scenario.levels and "users" not in pair.load else (primary_users,)
+            for variant in pair.variants:
+                if scenario.rate > 0:
+                    batch.append(Sample(pair, variant, "open", scenario.users, scenario.rate, repeat, True))
+                    continue
+                for users in levels:
+                    batch.append(Sample(pair, variant, "closed", users, 0.0, repeat, users == primary_users))
+                rate = pair.open_loop_rate(plan.knobs[pair.name]) if pair.open_loop_rate else 0.0
+                if scenario.open_loop and rate > 0:
+                    batch.append(Sample(pair, variant, "open", scenario.users, rate, repeat, False))
+        if plan.shuffle_seed is not None:
+            random.Random(plan.shuffle_seed + repeat).shuffle(batch)
+        samples += batch
+    if plan.scenario.soak_s > 0:
+        for pair in plan.pairs:
+            if pair.soak:
+                users = plan.scenario_for(pair).users
+                samples += [Sample(pair, variant, "soak", users, 0.0, 1, False) for variant in pair.variants]
+    return samples
+
+
+def primary_level(scenario: Scenario, pair: Pair) -> int:
+    """The users the verdict is decided at: the scenario's (or the pair's own) users,
+    or the highest level of a sweep that leaves them out."""
+    if "users" in pair.load or not scenario.levels or scenario.users in scenario.levels:
+        return scenario.users
+    return max(scenario.levels)
+
+
+def recovery_s(scenario: Scenario) -> float:
+    """After a soak, how long the server stays up without load, to see what comes back."""
+    return max(10.0, scenario.soak_s / 3)
+
+
+def _locust_argv(role: list[str]) -> list[str]:
+    return [python_bin(), "-m", "locust", "-f", str(LOCUSTFILE), *role]
+
+
+def start_locust(
+    port: int, path: str, scenario: Scenario, sample: Sample | None, folder: Path, run_time: float
+) -> ManagedProcess:
+    """Locust headless against the server: one process, or a master with
+    `locust_workers` worker processes (its companions), all on loopback."""
+    options = [
+        "--bench-path", path,
+        "--bench-rows", str(scenario.rows),
+        "--bench-warmup", str(scenario.warmup_s),
+        "--bench-timeout", str(scenario.request_timeout_s),
+        "--bench-phases", str(folder / "phases.json"),
+        "--bench-rate", str(sample.rate if sample else 0.0),
+        "--bench-check-body", "1" if sample else "0",
+    ]  # fmt: skip
+    workers = scenario.locust_workers
+    users = sample.users if sample else scenario.users
+    argv = [
+        "--headless",
+        "--host", f"http://127.0.0.1:{port}",
+        "-u", str(users),
+        "-r", str(max(scenario.spawn_rate, users) if sample and sample.mode == "open" else scenario.spawn_rate),
+        "-t", f"{math.ceil(run_time)}s",
+        "--csv", str(folder / "locust"),
+        "--only-summary",
+        "--loglevel", "WARNING",
+        "--stop-timeout", str(math.ceil(scenario.request_timeout_s)),
+        "--exit-code-on-error", "0",
+        *options,
+    ]  # fmt: skip
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    master_port = free_port() if workers else 0
+    if workers:
+        argv += ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port)]
+        argv += ["--expect-workers", str(workers)]
+    locust = ManagedProcess("locust", _locust_argv(argv), folder / "locust.log", env, ROOT)
+    locust.start()
+    for index in range(workers):
+        worker = ManagedProcess(
+            f"locust worker {index + 1}",
+            _locust_argv(["--worker", "--master-host", "127.0.0.1", "--master-port", str(master_port), *options]),
+            folder / f"locust-worker-{index + 1}.log",
+            env,
+            ROOT,
+        )
+        locust.companions.append(worker)
+        worker.start()
+    return locust
+
+
 def run_load(
     port: int,
-    variant: Variant,
+    path: str,
     scenario: Scenario,
+    sample: Sample | None,
     folder: Path,
     progress: Progress,
     sampler: ConnectionSampler,
     server: ManagedProcess,
 ) -> None:
-    run_time = math.ceil(scenario.warmup_s + scenario.duration_s)
-    env = os.environ | {
-        "BENCH_PATH": variant.path,
-        "BENCH_ROWS": str(scenario.rows),
-        "BENCH_WARMUP_S": str(scenario.warmup_s),
-        "BENCH_TIMEOUT_S": str(scenario.request_timeout_s),
-        "BENCH_PHASES": str(folder / "phases.json"),
-    }
-    locust = ManagedProcess(
-        "locust",
-        [
-            python_bin(),
-            "-m",
-            "locust",
-            "-f",
-            str(LOCUSTFILE),
-            "--headless",
-            "--host",
-            f"http://127.0.0.1:{port}",
-            "-u",
-            str(scenario.users),
-            "-r",
-            str(scenario.spawn_rate),
-            "-t",
-            f"{run_time}s",
-            "--csv",
-            str(folder / "locust"),
-            "--only-summary",
-            "--loglevel",
-            "WARNING",
-            "--stop-timeout",
-            str(math.ceil(scenario.request_timeout_s)),
-            "--exit-code-on-error",
-            "0",
-        ],
-        folder / "locust.log",
-        env,
-        ROOT,
-    )
-    deadline = run_time + scenario.request_timeout_s + 30
+    """One Locust run to its end (warm-up + measured, or a soak), bounded by a deadline;
+    a server that dies ends it at once. `sample` None: calibration."""
+    measured_s = scenario.soak_s if sample and sample.mode == "soak" else scenario.duration_s
+    run_time = math.ceil(scenario.warmup_s + measured_s)
+    deadline = run_time + scenario.request_timeout_s + 30 + 10 * scenario.locust_workers
     started = time.monotonic()
-    with locust:
+    locust = start_locust(port, path, scenario, sample, folder, run_time)  # started: stop it, do not re-enter
+    try:
+        sampler.watch_generator([locust, *locust.companions])
         while (code := locust.wait(1.0)) is None:
             elapsed = time.monotonic() - started
             if elapsed > deadline:
@@ -301,6 +394,8 @@ def run_load(
             progress.tick(f"{phase}  {max(0, run_time - elapsed):3.0f} s left  {sampler.last_total} backends")
         if code != 0:
             raise BenchError(f"Locust exited with status {code}: {log_tail(folder / 'locust.log', 3)}")
+    finally:
+        locust.stop()
     if not (folder / "locust_stats.csv").is_file():
         raise BenchError("Locust wrote no statistics")
 
@@ -344,12 +439,9 @@ def settle(db: Database, baseline: int, timeout_s: float) -> tuple[int, int]:
     return ended, database.wait_for_backends(db, baseline, timeout_s)
 
 
-def measure_variant(plan: RunPlan, db: Database, pair: Pair, variant: Variant, progress: Progress) -> dict[str, Any]:
-    folder = store.variant_dir(plan.run_dir, pair.name, variant.name)
-    folder.mkdir(parents=True, exist_ok=True)
-    knobs = plan.knobs[pair.name]
-    scenario = plan.scenario_for(pair)
-    meta: dict[str, Any] = {
+def variant_meta(pair: Pair, variant: Variant, knobs: dict[str, int]) -> dict[str, Any]:
+    """What ran, once per variant: role, route, the code shown in the report, knobs."""
+    return {
         "pair": pair.name,
         "variant": variant.name,
         "role": variant.role,
@@ -357,12 +449,35 @@ def measure_variant(plan: RunPlan, db: Database, pair: Pair, variant: Variant, p
         "summary": variant.summary,
         "code": pair.code_excerpt(variant),
         "knobs": knobs,
-        "users": scenario.users,
+    }
+
+
+def measure_sample(plan: RunPlan, db: Database, sample: Sample, progress: Progress) -> dict[str, Any]:
+    pair, variant = sample.pair, sample.variant
+    knobs = plan.knobs[pair.name]
+    scenario = plan.scenario_for(pair)
+    variant_folder = store.variant_dir(plan.run_dir, pair.name, variant.name)
+    if not (variant_folder / "variant.json").is_file():
+        store.write_json(variant_folder / "variant.json", variant_meta(pair, variant, knobs))
+    folder = variant_folder / sample.id
+    folder.mkdir(parents=True, exist_ok=True)
+    meta: dict[str, Any] = {
+        "pair": pair.name,
+        "variant": variant.name,
+        "role": variant.role,
+        "sample": sample.id,
+        "mode": sample.mode,
+        "users": sample.users,
+        "rate": sample.rate,
+        "repeat": sample.repeat,
+        "primary": sample.primary,
         "load_overrides": pair.load,
         "status": "running",
         "error": None,
     }
-    store.write_json(folder / "variant.json", meta)
+    if sample.mode == "soak":
+        meta["recovery_s"] = recovery_s(scenario)
+    store.write_json(folder / "sample.json", meta)
     try:
         meta["baseline_connections"] = database.wait_for_backends(db, 0, scenario.settle_timeout_s)
         progress.say("starting server")
@@ -370,13 +485,18 @@ def measure_variant(plan: RunPlan, db: Database, pair: Pair, variant: Variant, p
         try:
             meta["verification"] = verify(port, variant, db, scenario.rows, scenario.request_timeout_s)
             progress.say("verified; load running")
-            sampler = ConnectionSampler(db, server.pid, folder / "connections.csv", scenario.sample_interval_s)
+            sampler = ConnectionSampler(
+                db, server.pid, folder / "connections.csv", scenario.sample_interval_s, db.server_pid
+            )
             with (
                 machine_load_lock(progress.say),
                 sampler,
                 Probe("127.0.0.1", port, folder / "probe.csv", scenario.probe_rate, scenario.request_timeout_s),
             ):
-                run_load(port, variant, scenario, folder, progress, sampler, server)
+                run_load(port, variant.path, scenario, sample, folder, progress, sampler, server)
+                if sample.mode == "soak":  # quiet recovery: the samplers keep running, no load
+                    progress.say(f"load done; {meta['recovery_s']:.0f} s of recovery without load")
+                    time.sleep(meta["recovery_s"])
             meta["counters"] = read_counters(port)
         finally:
             server.stop()
@@ -399,31 +519,79 @@ def measure_variant(plan: RunPlan, db: Database, pair: Pair, variant: Variant, p
                 progress.say(f"WARNING: {meta['settled_connections']} backends still open after settling")
         except Exception as err:  # the database itself may be what failed
             meta["settle_error"] = database.first_line(err)
-        store.write_json(folder / "variant.json", meta)
-    record = analysis.summarize_variant(folder)
+        store.write_json(folder / "sample.json", meta)
+    record = analysis.summarize_sample(folder)
     if record["status"] == "ok":
+        flags = f"  FLAGGED: {'; '.join(record['flags'])}" if record["flags"] else ""
         progress.say(
             f"{record['rps']:.0f} req/s, p99 {record['p99_ms']:.0f} ms, {record['failures']} failures, "
             f"/ping p99 {record['ping_p99_ms'] or float('nan'):.0f} ms, peak {record['peak_connections']} backends"
+            + flags
         )
     return record
 
 
-def write_summary(plan: RunPlan, records: list[dict[str, Any]]) -> None:
-    analysis.write_summary(plan.run_dir, plan.scenario.name, records, plan.pairs, plan.knobs)
+def calibrate(plan: RunPlan, db: Database, progress: Progress) -> dict[str, Any]:
+    """What the load generator can drive on this machine: Locust, as configured for
+    the run, against the bare ASGI stub's /ping (status checked, no body check)."""
+    folder = plan.run_dir / "calibration"
+    folder.mkdir(parents=True, exist_ok=True)
+    scenario = replace(plan.scenario, warmup_s=1.0, duration_s=plan.scenario.calibrate_s)
+    meta: dict[str, Any] = {"status": "running", "users": scenario.users, "workers": scenario.locust_workers}
+    store.write_json(folder / "sample.json", meta)
+    try:
+        upstream, url = start_upstream(folder, scenario)  # already started: stop it, do not re-enter
+        try:
+            port = int(url.rsplit(":", 1)[1])
+            sampler = ConnectionSampler(db, upstream.pid, folder / "connections.csv", 0.5, db.server_pid)
+            with machine_load_lock(progress.say), sampler:
+                run_load(port, "/ping", scenario, None, folder, progress, sampler, upstream)
+        finally:
+            upstream.stop()
+        meta["status"] = "ok"
+    except BenchError as err:
+        meta |= {"status": "failed", "error": str(err)}
+        progress.say(f"calibration FAILED: {err}")
+    finally:
+        if meta["status"] == "running":
+            meta |= {"status": "failed", "error": "interrupted"}
+        store.write_json(folder / "sample.json", meta)
+    result = analysis.summarize_calibration(folder)
+    if result.get("rps"):
+        progress.say(
+            f"load generator ceiling: {result['rps']:,.0f} req/s against a bare ASGI endpoint "
+            f"(generator CPU {result['generator_cpu_pct'] or 0:.0f}%, "
+            f"endpoint CPU {result['server_cpu_pct'] or 0:.0f}%)"
+        )
+    return result
 
 
-def variant_order(plan: RunPlan) -> list[tuple[Pair, Variant]]:
-    """Declared order, or shuffled with a recorded seed so order effects can show."""
-    order = [(pair, variant) for pair in plan.pairs for variant in pair.variants]
-    if plan.shuffle_seed is not None:
-        random.Random(plan.shuffle_seed).shuffle(order)
-    return order
+def choose_workers(plan: RunPlan, ceiling_rps: float | None) -> tuple[int, str]:
+    """Locust worker processes for the run, and why: as asked, or more when calibration
+    shows one process cannot reach the requested open-loop rate and cores are free."""
+    asked = plan.scenario.locust_workers
+    if asked:
+        return asked, f"{asked} worker processes, as asked"
+    rate = plan.scenario.rate
+    if not rate or not ceiling_rps or ceiling_rps >= rate:
+        return 0, "one process: calibration shows it reaches the requested load" if rate else "one process"
+    free = (os.cpu_count() or 1) - 2  # the server and PostgreSQL need a core each
+    if free < 1:
+        return 0, (
+            f"one process: it reached {ceiling_rps:,.0f} req/s in calibration, below the requested {rate:g}, "
+            f"but no core is free for workers ({os.cpu_count()} CPUs)"
+        )
+    workers = min(free, 4)
+    return workers, f"{workers} workers: one process reached {ceiling_rps:,.0f} req/s, below the requested {rate:g}"
+
+
+def write_summary(plan: RunPlan, samples: list[dict[str, Any]]) -> None:
+    analysis.write_summary(plan.run_dir, plan.scenario.to_dict(), samples, plan.pairs, plan.knobs)
 
 
 def _completed(folder: Path) -> bool:
     try:
-        return bool(store.read_json(folder / "variant.json").get("status") == "ok")
+        return bool(store.read_json(folder / "sample.json").get("status") == "ok")
     except (OSError, ValueError):
         return False
 
@@ -431,9 +599,9 @@ def _completed(folder: Path) -> bool:
 def _measure_all(
     plan: RunPlan,
     db: Database,
-    order: list[tuple[Pair, Variant]],
+    order: list[Sample],
     manifest: dict[str, Any],
-    records: list[dict[str, Any]],
+    samples: list[dict[str, Any]],
 ) -> None:
     manifest["database"] = {
         "source": db.source,
@@ -444,22 +612,35 @@ def _measure_all(
     store.write_json(plan.run_dir / "manifest.json", manifest)
     database.prepare(db, plan.scenario.rows)
     print(f"run folder: {plan.run_dir}", file=sys.stderr)  # only once there is something to run
-    progress = Progress(len(order))
-    for pair, variant in order:
-        progress.variant(pair.name, variant.name)
-        folder = store.variant_dir(plan.run_dir, pair.name, variant.name)
+    progress = Progress(len(order) + (1 if plan.scenario.calibrate_s else 0))
+    if plan.scenario.calibrate_s:
+        progress.step("calibration", "load generator ceiling")
+        calibration = (
+            analysis.summarize_calibration(plan.run_dir / "calibration")
+            if plan.resume and _completed(plan.run_dir / "calibration")
+            else calibrate(plan, db, progress)
+        )
+        workers, why = choose_workers(plan, calibration.get("rps"))
+        manifest["load_generator"] = {"workers": workers, "reason": why}
+        store.write_json(plan.run_dir / "manifest.json", manifest)
+        if workers != plan.scenario.locust_workers:
+            progress.say(f"using Locust's distributed mode: {why}")
+            plan.scenario = replace(plan.scenario, locust_workers=workers)
+    for sample in order:
+        progress.step(f"{sample.pair.name}/{sample.variant.name}", sample.id)
+        folder = store.variant_dir(plan.run_dir, sample.pair.name, sample.variant.name) / sample.id
         if plan.resume and _completed(folder):
             progress.say("measured before; kept")
-            records.append(analysis.summarize_variant(folder))
+            samples.append(analysis.summarize_sample(folder))
             continue
-        shutil.rmtree(folder, ignore_errors=True)  # a half-measured variant starts over
-        records.append(measure_variant(plan, db, pair, variant, progress))
-        write_summary(plan, records)
+        shutil.rmtree(folder, ignore_errors=True)  # a half-measured sample starts over
+        samples.append(measure_sample(plan, db, sample, progress))
+        write_summary(plan, samples)
 
 
 def run(plan: RunPlan, db: Database | None = None) -> Path:
-    """Measure every variant of the plan (on `db` if given, else one provisioned for
-    the run), writing each variant's files as it goes; then render the report."""
+    """Measure every sample of the plan (on `db` if given, else one provisioned for the
+    run), writing each sample's files as it goes; then render the report."""
     if plan.resume:
         manifest = store.read_json(plan.run_dir / "manifest.json")
         manifest.setdefault("resumed", []).append(store.now())
@@ -468,13 +649,13 @@ def run(plan: RunPlan, db: Database | None = None) -> Path:
         manifest["shuffle_seed"] = plan.shuffle_seed
     manifest |= {"status": "running", "finished": None}
     manifest["variants"] = {pair.name: [v.name for v in pair.variants] for pair in plan.pairs}
-    order = variant_order(plan)
-    manifest["order"] = [f"{pair.name}/{variant.name}" for pair, variant in order]
+    order = sample_plan(plan)
+    manifest["order"] = [sample.label for sample in order]
     store.write_json(plan.run_dir / "manifest.json", manifest)
-    records: list[dict[str, Any]] = []
+    samples: list[dict[str, Any]] = []
     try:
         with contextlib.nullcontext(db) if db else database.provision(plan.dsn, PG_HOME) as ready:
-            _measure_all(plan, ready, order, manifest, records)
+            _measure_all(plan, ready, order, manifest, samples)
         manifest["status"] = "complete"
     except (KeyboardInterrupt, Interrupted):
         manifest["status"] = "interrupted"
@@ -485,7 +666,7 @@ def run(plan: RunPlan, db: Database | None = None) -> Path:
     finally:
         manifest["finished"] = store.now()
         store.write_json(plan.run_dir / "manifest.json", manifest)
-        if records:
-            write_summary(plan, records)
+        if samples:
+            write_summary(plan, samples)
     report.render(plan.run_dir, write_top_report=plan.write_top_report)
     return plan.run_dir

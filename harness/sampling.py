@@ -30,6 +30,8 @@ CONNECTION_FIELDS = [
     "server_cpu_pct",
     "server_rss_mb",
     "server_fds",
+    "generator_cpu_pct",  # the busiest Locust process: over 90% means the generator limited the load
+    "postgres_cpu_pct",  # the whole PostgreSQL process tree, short-lived backends included
     "error",
 ]
 PROBE_FIELDS = ["intended", "latency_ms", "status", "error"]
@@ -56,8 +58,35 @@ class _Thread:
         self._thread.join(timeout=15)
 
 
+class TreeCPU:
+    """CPU share (100 = one core) of a process and all its descendants since the last
+    call, counting children that exited in between: their time moves into the parent's
+    children_user/children_system when it reaps them."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+        self._last = (time.monotonic(), self._seconds())
+
+    def _seconds(self) -> float:
+        times = self.root.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in self.root.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child_times = child.cpu_times()
+                total += child_times.user + child_times.system
+        return total
+
+    def percent(self) -> float:
+        now, seconds = time.monotonic(), self._seconds()
+        last_now, last_seconds = self._last
+        self._last = (now, seconds)
+        return max(0.0, (seconds - last_seconds) / max(now - last_now, 1e-6) * 100)
+
+
 class ConnectionSampler(_Thread):
-    def __init__(self, db: Database, server_pid: int, out: Path, interval_s: float) -> None:
+    def __init__(
+        self, db: Database, server_pid: int, out: Path, interval_s: float, postgres_pid: int | None = None
+    ) -> None:
         super().__init__()
         self.db, self.out, self.interval_s = db, out, interval_s
         self.last_total: int | str = "?"  # for the progress line
@@ -66,6 +95,33 @@ class ConnectionSampler(_Thread):
             self.server.cpu_percent(None)  # the first call only starts the CPU clock
         except psutil.Error:
             self.server = None
+        self.postgres: TreeCPU | None = None
+        if postgres_pid:
+            with contextlib.suppress(psutil.Error):
+                self.postgres = TreeCPU(postgres_pid)
+        self.generator: list[psutil.Process] = []
+
+    def watch_generator(self, processes: list[Any]) -> None:
+        """Sample these load-generator processes (anything with a .pid) from now on."""
+        watched = []
+        for process in processes:
+            with contextlib.suppress(psutil.Error, AssertionError):
+                watched.append(psutil.Process(process.pid))
+                watched[-1].cpu_percent(None)
+        self.generator = watched
+
+    def _load_usage(self) -> dict[str, str]:
+        row = {}
+        busiest = None
+        for process in self.generator:
+            with contextlib.suppress(psutil.Error):
+                busiest = max(busiest or 0.0, process.cpu_percent(None))
+        if busiest is not None:
+            row["generator_cpu_pct"] = f"{busiest:.1f}"
+        if self.postgres is not None:
+            with contextlib.suppress(psutil.Error):
+                row["postgres_cpu_pct"] = f"{self.postgres.percent():.1f}"
+        return row
 
     def _server_usage(self) -> dict[str, str]:
         """CPU share, resident memory and open file descriptors of the server process
@@ -110,7 +166,7 @@ class ConnectionSampler(_Thread):
                     with contextlib.suppress(Exception):
                         conn.close()
                     conn = None
-                row |= self._server_usage()
+                row |= self._server_usage() | self._load_usage()
                 writer.writerow(row)
                 handle.flush()
                 next_at += self.interval_s

@@ -26,11 +26,21 @@ class Scenario:
     rows: int = 10_000  # rows seeded in the lookup table
     start_timeout_s: float = 30.0  # a variant's server must answer /ping within this
     settle_timeout_s: float = 15.0  # backends must return to baseline within this
+    repeats: int = 1  # measurements per variant, each in a fresh server, order shuffled per repeat
+    levels: tuple[int, ...] = ()  # a users sweep, e.g. (1, 10, 50); () measures at `users` only
+    rate: float = 0.0  # > 0: every measurement open-loop at this many requests per second
+    open_loop: int = 0  # 1: also measure pairs that declare an open-loop rate, open-loop
+    p99_target_ms: float = 100.0  # a sweep's knee: the most throughput with p99 under this
+    calibrate_s: float = 0.0  # > 0: first measure what the load generator can drive, this long
+    soak_s: float = 0.0  # > 0: a soak measurement of this length for pairs that declare one
+    locust_workers: int = 0  # > 0: Locust's distributed mode with this many worker processes
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+# Fields where 0 means "off"; every other number must be greater than 0.
+_MAY_BE_ZERO = {"rate", "open_loop", "calibrate_s", "soak_s", "locust_workers"}
 _POSITIVE = {f.name for f in fields(Scenario)} - {"name", "description"}
 
 
@@ -43,6 +53,9 @@ def _check(name: str, values: dict[str, Any], origin: str) -> Scenario:
             if not isinstance(value, str):
                 raise BenchError(f"{origin}: field 'description' must be text")
             continue
+        if key == "levels":
+            values[key] = _levels(value, origin)
+            continue
         kind = int if known[key].type in ("int", int) else float
         if (
             isinstance(value, bool)
@@ -52,9 +65,17 @@ def _check(name: str, values: dict[str, Any], origin: str) -> Scenario:
             raise BenchError(
                 f"{origin}: field {key!r} must be {'a whole number' if kind is int else 'a number'}, got {value!r}"
             )
-        if value <= 0:
+        if value < 0 or (value == 0 and key not in _MAY_BE_ZERO):
             raise BenchError(f"{origin}: field {key!r} must be greater than 0, got {value!r}")
     return Scenario(name=name, **{k: (float(v) if known[k].type in ("float", float) else v) for k, v in values.items()})
+
+
+def _levels(value: Any, origin: str) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+    ):
+        raise BenchError(f"{origin}: field 'levels' must be a list of whole numbers of users above 0, got {value!r}")
+    return tuple(sorted(set(value)))
 
 
 def load(spec: str) -> Scenario:
@@ -79,3 +100,8 @@ def override(scenario: Scenario, **changes: Any) -> Scenario:
         return scenario
     merged = {k: v for k, v in scenario.to_dict().items() if k != "name"} | given
     return replace(_check(scenario.name, merged, "command line"), name=scenario.name)
+
+
+def from_stored(name: str, values: dict[str, Any]) -> Scenario:
+    """A scenario as a run's manifest stored it (JSON: lists for tuples)."""
+    return _check(name, dict(values), "stored run")

@@ -4,9 +4,12 @@ results/<run-id>/
     manifest.json              environment, versions, scenario, knobs, status
     summary.json               one record per variant (+ verdicts), rewritten after each
     REPORT.md, charts/         rendered from the files above and below
-    <pair>/<variant>/          raw data, written while the variant runs:
-        variant.json           what ran (role, path, code, knobs) and its summary record
-        locust_*.csv, probe.csv, connections.csv, phases.json, server.log, locust.log
+    calibration/               what the load generator drove against a bare endpoint
+    <pair>/<variant>/
+        variant.json           what ran (role, path, code, knobs)
+        <sample>/              one measurement in a fresh server, e.g. closed-u50-r2:
+            sample.json        its load, status, verification, counters, warnings
+            locust_*.csv, probe.csv, connections.csv, loop_lag.csv, phases.json, *.log
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 from harness.pairs import ROOT, BenchError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one folder per sample under each variant
 RESULTS_DIR = ROOT / "results"
 PACKAGES = [
     "fastapi",
@@ -77,6 +80,15 @@ def new_run_dir(scenario: str, out: Path | None) -> Path:
 
 def is_run_dir(path: Path) -> bool:
     return (path / "manifest.json").is_file()
+
+
+def check_format(run_dir: Path) -> None:
+    """A run folder this version of the suite can read, or a one-line error."""
+    version = read_json(run_dir / "manifest.json").get("format_version")
+    if version != FORMAT_VERSION:
+        raise BenchError(
+            f"{run_dir} was written in run format {version}; this suite reads format {FORMAT_VERSION} (run it again)"
+        )
 
 
 def latest_run() -> Path:

@@ -1,9 +1,16 @@
-"""The load on one variant: closed-loop users, each asking for a random seeded row.
+"""The load on one variant: Locust users asking for random seeded rows.
 
-The runner sets BENCH_PATH (a URL template with {id}), BENCH_ROWS, BENCH_WARMUP_S,
-BENCH_TIMEOUT_S and BENCH_PHASES. Statistics are reset when the warm-up ends, and the
-wall-clock times of start, end of warm-up and stop are written to BENCH_PHASES so the
-runner can cut its own samples to the same measured window.
+Closed loop (the default): each user sends its next request as soon as the last one
+returned, so a stalled server also stalls its load, and the stall is under-counted.
+Open loop (`--bench-rate R`): requests are due on a fixed schedule of R per second,
+whether or not earlier ones returned; each user takes the next due time, and latency is
+counted from that time, so time spent waiting for a free user counts too. A request
+sent more than LATE_MS after its due time is counted as late.
+
+Settings arrive as Locust options (`--bench-*`), which Locust's master also hands to its
+workers, so a distributed run measures exactly what a single process does. Statistics
+are reset when the warm-up ends, and the wall-clock times of start, end of warm-up and
+stop go to `--bench-phases` so the runner can cut its own samples to the same window.
 """
 
 from __future__ import annotations
@@ -16,54 +23,161 @@ from typing import Any
 
 import gevent
 from locust import FastHttpUser, events, task
+from locust.runners import WorkerRunner
+from locust.stats import StatsError
 
-PATH = os.environ.get("BENCH_PATH", "/ping")
-ROWS = int(os.environ.get("BENCH_ROWS", "1"))
-WARMUP_S = float(os.environ.get("BENCH_WARMUP_S", "0"))
-TIMEOUT_S = float(os.environ.get("BENCH_TIMEOUT_S", "10"))
-PHASES_FILE = os.environ.get("BENCH_PHASES", "")
-# Locust's statistics group requests by this name, not by the random URL.
-NAME = PATH.replace("{id}", ":id")
+# A send later than this after its due time is "late": the generator could not keep up.
+LATE_MS = 10.0
 phases: dict[str, float] = {}
 
 
-def write_phases() -> None:
-    if PHASES_FILE:
-        tmp = f"{PHASES_FILE}.tmp"
-        with open(tmp, "w") as out:
-            json.dump(phases, out)
-        os.replace(tmp, PHASES_FILE)
+@events.init_command_line_parser.add_listener
+def add_options(parser: Any) -> None:
+    parser.add_argument("--bench-path", default="/ping", help="URL template with {id}")
+    parser.add_argument("--bench-rows", type=int, default=1, help="ids are drawn from 1..rows")
+    parser.add_argument("--bench-warmup", type=float, default=0.0, help="seconds before statistics reset")
+    parser.add_argument("--bench-timeout", type=float, default=10.0, help="a request slower than this fails")
+    parser.add_argument("--bench-phases", default="", help="where the master writes phase times")
+    parser.add_argument("--bench-rate", type=float, default=0.0, help="open loop: requests per second in all")
+    parser.add_argument("--bench-check-body", type=int, default=1, help="0: status only (calibration)")
 
 
-def end_warmup(environment: Any) -> None:
-    gevent.sleep(WARMUP_S)
+def _options(environment: Any) -> Any:
+    return environment.parsed_options
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as out:
+        json.dump(data, out)
+    os.replace(tmp, path)
+
+
+def end_warmup(environment: Any, warmup_s: float, phases_file: str) -> None:
+    gevent.sleep(warmup_s)
     environment.runner.stats.reset_all()
     phases["measure_start"] = time.time()
-    write_phases()
+    _write_json(phases_file, phases)
+
+
+def _is_master_or_local(environment: Any) -> bool:
+    return not isinstance(environment.runner, WorkerRunner)
 
 
 @events.test_start.add_listener
 def on_test_start(environment: Any, **_: Any) -> None:
-    phases["load_start"] = time.time()
-    write_phases()
-    gevent.spawn(end_warmup, environment)
+    options = _options(environment)
+    if _is_master_or_local(environment) and options.bench_phases:
+        phases["load_start"] = time.time()
+        _write_json(options.bench_phases, phases)
+        gevent.spawn(end_warmup, environment, options.bench_warmup, options.bench_phases)
 
 
 @events.test_stop.add_listener
 def on_test_stop(environment: Any, **_: Any) -> None:
-    phases["load_stop"] = time.time()
-    write_phases()
+    options = _options(environment)
+    if not options.bench_phases:
+        return
+    if _is_master_or_local(environment):
+        phases["load_stop"] = time.time()
+        _write_json(options.bench_phases, phases)
+    if SCHEDULE.due:
+        # Each load process says how many requests were due and how many went out late.
+        folder = os.path.dirname(options.bench_phases)
+        _write_json(os.path.join(folder, f"schedule-{os.getpid()}.json"), SCHEDULE.as_dict())
+
+
+@events.quitting.add_listener
+def on_quitting(environment: Any, **_: Any) -> None:
+    """The final totals, once every request has ended. Locust rewrites its CSV only once
+    a second and not at exit, so the CSV can miss the last second of requests."""
+    options = _options(environment)
+    if not options.bench_phases or not _is_master_or_local(environment):
+        return
+    stats = environment.runner.stats
+    total = stats.total
+    _write_json(
+        os.path.join(os.path.dirname(options.bench_phases), "locust_final.json"),
+        {
+            "requests": total.num_requests,
+            "failures": total.num_failures,
+            "percentiles_ms": {
+                str(p): total.get_response_time_percentile(p) if total.num_requests else None for p in (0.5, 0.95, 0.99)
+            },
+            "max_ms": total.max_response_time if total.num_requests else None,
+            "errors": [[StatsError.parse_error(e.error), e.occurrences] for e in stats.errors.values()],
+        },
+    )
+
+
+class Schedule:
+    """Due times at a fixed rate, shared by this process's users."""
+
+    def __init__(self) -> None:
+        self.period_s = 0.0
+        self.next_due: float | None = None
+        self.due = 0
+        self.late = 0
+
+    def start(self, rate_per_s: float) -> None:
+        if self.period_s == 0.0:
+            self.period_s = 1.0 / rate_per_s
+
+    def take(self) -> float:
+        """The next due time (time.perf_counter); the caller waits until then."""
+        now = time.perf_counter()
+        if self.next_due is None:
+            self.next_due = now
+        due, self.next_due = self.next_due, self.next_due + self.period_s
+        self.due += 1
+        return due
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"due": self.due, "late": self.late, "late_ms": LATE_MS, "rate_per_s": 1 / self.period_s}
+
+
+SCHEDULE = Schedule()
+
+
+def _rate_share(environment: Any) -> float:
+    """This process's share of the open-loop rate: workers split it evenly."""
+    options = _options(environment)
+    workers = max(1, int(getattr(options, "expect_workers", 1) or 1))
+    return float(options.bench_rate) / (workers if isinstance(environment.runner, WorkerRunner) else 1)
 
 
 class ItemUser(FastHttpUser):
-    # No wait time: each user sends its next request as soon as the last one returns.
-    network_timeout = TIMEOUT_S
-    connection_timeout = TIMEOUT_S
+    # No wait time: closed loop sends the next request at once; open loop waits for its due time.
+    def __init__(self, environment: Any) -> None:
+        # Set before FastHttpUser builds its client, which reads them once.
+        self.network_timeout = self.connection_timeout = _options(environment).bench_timeout
+        super().__init__(environment)
+
+    def on_start(self) -> None:
+        options = _options(self.environment)
+        self.path, self.rows = options.bench_path, options.bench_rows
+        self.check_body = bool(options.bench_check_body)
+        # Locust's statistics group requests by this name, not by the random URL.
+        self.label = self.path.replace("{id}", ":id")
+        self.rate = _rate_share(self.environment)
+        if self.rate > 0:
+            SCHEDULE.start(self.rate)
 
     @task
     def get_item(self) -> None:
-        item_id = random.randint(1, ROWS)
-        with self.client.get(PATH.format(id=item_id), name=NAME, catch_response=True) as resp:
+        due = None
+        if self.rate > 0:
+            due = SCHEDULE.take()
+            wait = due - time.perf_counter()
+            if wait > 0:
+                gevent.sleep(wait)
+            elif -wait * 1000 > LATE_MS:
+                SCHEDULE.late += 1
+        item_id = random.randint(1, self.rows)
+        with self.client.get(self.path.format(id=item_id), name=self.label, catch_response=True) as resp:
             # Status is checked by Locust; a cheap body check catches a wrong row under load.
-            if resp.status_code == 200 and f'"id":{item_id},'.encode() not in (resp.content or b""):
+            if self.check_body and resp.status_code == 200 and f'"id":{item_id},'.encode() not in (resp.content or b""):
                 resp.failure(f"wrong body for id {item_id}")
+            if due is not None:
+                # Open loop: the latency a client sending on schedule would have seen.
+                resp.request_meta["response_time"] = (time.perf_counter() - due) * 1000

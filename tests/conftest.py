@@ -57,16 +57,31 @@ def write_variant(
     settled: int = 0,
     lag_ms: list[float] | None = None,
     rss_mb: list[float] | None = None,
+    repeat: int = 1,
+    mode: str = "closed",
+    users: int = 10,
+    rate: float = 0.0,
+    primary: bool = True,
+    per_second: list[int] | None = None,
 ) -> Path:
-    """Raw files for one variant, shaped like a real run's, with known contents."""
-    folder = run_dir / pair / variant
+    """Raw files for one sample of a variant, shaped like a real run's, with known
+    contents; returns the sample's folder."""
+    sample = f"{mode}-{f'rate{rate:g}-' if mode == 'open' else ''}u{users}-r{repeat}"
+    folder = run_dir / pair / variant / sample
     folder.mkdir(parents=True)
     store.write_json(
-        folder / "variant.json",
+        folder.parent / "variant.json",
         {
             "pair": pair, "variant": variant, "role": role, "path": f"/{variant}/items/{{id}}",
             "summary": f"the {variant} variant", "code": "def f():\n    pass", "knobs": {},
-            "users": 10, "status": status, "error": None if status == "ok" else "verification failed",
+        },
+    )  # fmt: skip
+    store.write_json(
+        folder / "sample.json",
+        {
+            "pair": pair, "variant": variant, "role": role, "sample": sample, "mode": mode, "users": users,
+            "rate": rate, "repeat": repeat, "primary": primary, "status": status,
+            "error": None if status == "ok" else "verification failed",
             "baseline_connections": 0, "settled_connections": settled,
         },
     )  # fmt: skip
@@ -81,6 +96,11 @@ def write_variant(
         p50, p50, p50, p50, p99, p99, p99, p99, p99 * 2, p99 * 2, p99 * 2,
     ]  # fmt: skip
     _write_csv(folder / "locust_stats.csv", LOCUST_HEADER, [["GET", f"/{variant}", *row[2:]], row])
+    # Once-a-second history: cumulative request counts (here, `per_second` each second).
+    steps = per_second or [requests // int(stop - start)] * int(stop - start)
+    history = [[int(start) + i, 10, "", "Aggregated", 0, 0, *[p99] * 11, sum(steps[:i]), 0, 0, 0, 0, 0, 0]
+               for i in range(len(steps) + 1)]  # fmt: skip
+    _write_csv(folder / "locust_stats_history.csv", HISTORY_HEADER, history)
     _write_csv(
         folder / "locust_failures.csv",
         ["Method", "Name", "Error", "Occurrences"],
@@ -112,9 +132,27 @@ def write_variant(
     return folder
 
 
+HISTORY_HEADER = [
+    "Timestamp", "User Count", "Type", "Name", "Requests/s", "Failures/s", "50%", "66%", "75%", "80%", "90%", "95%",
+    "98%", "99%", "99.9%", "99.99%", "100%", "Total Request Count", "Total Failure Count", "Total Median Response Time",
+    "Total Average Response Time", "Total Min Response Time", "Total Max Response Time", "Total Average Content Size",
+]  # fmt: skip
+
+
 def write_manifest(run_dir: Path, pairs: dict[str, dict[str, int]]) -> None:
     manifest = store.new_manifest(
-        {"name": "fixture", "users": 10, "warmup_s": 1, "duration_s": 10, "probe_rate": 10, "rows": 1000},
+        {
+            "name": "fixture",
+            "users": 10,
+            "warmup_s": 1,
+            "duration_s": 10,
+            "probe_rate": 10,
+            "rows": 1000,
+            "repeats": 1,
+            "levels": [],
+            "rate": 0.0,
+            "p99_target_ms": 100.0,
+        },
         pairs,
         ["bench.py", "run"],
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import analysis, report, store
+from harness import analysis, charts, report, store
 from harness.pairs import Pair, Variant, discover
 from tests.conftest import write_manifest, write_variant
 
@@ -18,7 +18,7 @@ def test_summary_uses_the_measured_window_only(tmp_path: Path) -> None:
         tmp_path, "deps", "async-dep", "good", requests=500, failures=50,
         ping_ms=[1.0] * 99 + [250.0], backends=[3] * 19 + [7], lag_ms=[0.4] * 99 + [80.0],
     )  # fmt: skip
-    record = analysis.summarize_variant(folder)
+    record = analysis.summarize_sample(folder)
     assert record["status"] == "ok"
     # 500 requests over the 10 s window, whatever Locust's own rate column says.
     assert record["rps"] == pytest.approx(50.0)
@@ -36,12 +36,12 @@ def test_summary_uses_the_measured_window_only(tmp_path: Path) -> None:
 
 def test_failed_variant_keeps_its_reason_and_no_numbers(tmp_path: Path) -> None:
     folder = write_variant(tmp_path, "deps", "sync-dep", "bad", status="failed")
-    record = analysis.summarize_variant(folder)
+    record = analysis.summarize_sample(folder)
     assert record["status"] == "failed" and record["error"] == "verification failed"
     assert record["rps"] is None
     # summary.json has one shape: a failed record carries every field a measured one does.
-    measured = analysis.summarize_variant(write_variant(tmp_path, "deps", "async-dep", "good"))
-    assert set(record) == set(measured) == set(analysis.RECORD_FIELDS)
+    measured = analysis.summarize_sample(write_variant(tmp_path, "deps", "async-dep", "good"))
+    assert set(record) == set(measured) == set(analysis.RECORD_FIELDS) | set(analysis.SAMPLE_FIELDS)
 
 
 def test_half_written_variant_is_skipped_with_a_warning(tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_half_written_variant_is_skipped_with_a_warning(tmp_path: Path) -> None:
     (broken / "locust_stats.csv").write_text("Type,Name\n")  # cut off mid-write
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        records = analysis.load_records(tmp_path, pairs)
+        records = analysis.load_samples(tmp_path, pairs)
     assert [r["variant"] for r in records] == ["sync-dep"]
     assert any("async-dep" in str(w.message) for w in caught)
 
@@ -80,7 +80,7 @@ def test_report_is_built_from_the_run_folder(tmp_path: Path) -> None:
                   "ping_p99_ms", "peak_connections", "mean_connections"):  # fmt: skip
         assert field in summary["variants"][0]
     # Figures in the table and verdict come from the fixture numbers.
-    assert "| `async-dep` | good | 200.0 | 2,000 |" in text
+    assert "| `async-dep` | good | 200.0 (200.0-200.0) | 2,000 |" in text
     assert "**Verdict: partly holds.**" in text and "400 ms" in text
     assert "failed: verification failed" in text
     assert "```python\ndef f():" in text
@@ -94,7 +94,8 @@ def test_report_verdict_flips_with_the_data(tmp_path: Path) -> None:
     run_dir = fixture_run(tmp_path)
     # Same folder, but the sync dependency's loop now lags: the verdict must follow.
     write_variant(tmp_path / "other", "deps", "sync-dep", "bad", lag_ms=[500.0] * 50)
-    (tmp_path / "other" / "deps" / "sync-dep" / "loop_lag.csv").replace(run_dir / "deps" / "sync-dep" / "loop_lag.csv")
+    sample = Path("deps", "sync-dep", "closed-u10-r1", "loop_lag.csv")
+    (tmp_path / "other" / sample).replace(run_dir / sample)
     report.rebuild(run_dir, write_top_report=False)
     assert store.read_json(run_dir / "summary.json")["verdicts"]["deps"]["outcome"] == "holds"
 
@@ -129,20 +130,20 @@ def test_ledger_opens_the_report_in_claim_order_with_headlines(tmp_path: Path) -
 
 def test_resources_slopes_and_new_backends_come_from_the_samples(tmp_path: Path) -> None:
     folder = write_variant(tmp_path, "sessions", "connect-leaky", "bad", rss_mb=[100.0 + i for i in range(20)])
-    record = analysis.summarize_variant(folder)
+    record = analysis.summarize_sample(folder)
     # Samples 0.5 s apart, RSS growing 1 MB per sample: 2 MB/s = 120 MB/min.
     assert record["server_rss_slope_mb_per_min"] == pytest.approx(120.0)
     assert record["server_rss_mb_peak"] == 119.0
     # pg_stat_database.sessions grows by 5 per sample: about 10 new backends per second.
     assert record["new_backends_per_s"] == pytest.approx(10.0, rel=0.1)
     assert record["server_fds_peak"] == 40 and record["server_fds_slope_per_min"] == pytest.approx(0.0)
-    flat = analysis.summarize_variant(write_variant(tmp_path, "sessions", "connect-closed", "good"))
+    flat = analysis.summarize_sample(write_variant(tmp_path, "sessions", "connect-closed", "good"))
     assert flat["server_rss_slope_mb_per_min"] == pytest.approx(0.0)
 
 
 def test_counters_and_warnings_reach_the_record_and_the_report(tmp_path: Path) -> None:
     run_dir = fixture_run(tmp_path)
-    meta_file = run_dir / "deps" / "async-dep" / "variant.json"
+    meta_file = run_dir / "deps" / "async-dep" / "closed-u10-r1" / "sample.json"
     meta = store.read_json(meta_file)
     meta |= {"counters": {"setups": 12, "cleanups": 12}, "warnings": ["DeprecationWarning: on_event is deprecated"]}
     store.write_json(meta_file, meta)
@@ -164,5 +165,5 @@ def test_sweep_points_share_the_zero_point_across_series() -> None:
     )  # fmt: skip
     records = [{"variant": v.name, "status": "ok", "rps": 1.0} for v in pair.variants]
     records[2]["status"] = "failed"
-    points = report.sweep_points(pair, records)
+    points = charts.sweep_points(pair, records)
     assert {label: [x for x, _ in pts] for label, pts in points.items()} == {"a": [0, 5], "b": [0, 1]}

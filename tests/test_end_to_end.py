@@ -52,7 +52,7 @@ def test_tiny_run_end_to_end(tmp_path: Path) -> None:
         assert record["requests"] > 0 and record["ping_samples"] > 0
         assert record["loop_lag_p99_ms"] is not None, "every variant records its event-loop lag"
         assert record["peak_connections"] is not None
-        rows = (out / pair / variant / "connections.csv").read_text().splitlines()
+        rows = (out / pair / variant / record["sample"] / "connections.csv").read_text().splitlines()
         assert len(rows) > 3, "connection samples for the whole load"
         if record["role"] == "good":
             assert record["rps"] > 0 and record["failure_rate"] < 0.01
@@ -100,7 +100,7 @@ def test_sigterm_mid_run_keeps_completed_variants_and_leaves_no_process(db: Data
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     # Wait until the second variant is under load, then stop the run.
-    second = out / "blocking" / "async-to-thread" / "phases.json"
+    second = out / "blocking" / "async-to-thread" / "closed-u10-r1" / "phases.json"
     deadline = time.monotonic() + 120
     while not second.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -113,7 +113,8 @@ def test_sigterm_mid_run_keeps_completed_variants_and_leaves_no_process(db: Data
     summary = json.loads((out / "summary.json").read_text())
     assert [r["variant"] for r in summary["variants"]] == ["async-blocking"]
     assert summary["variants"][0]["status"] == "ok" and summary["variants"][0]["requests"] > 0
-    assert json.loads((out / "blocking" / "async-to-thread" / "variant.json").read_text())["error"] == "interrupted"
+    sample = out / "blocking" / "async-to-thread" / "closed-u10-r1" / "sample.json"
+    assert json.loads(sample.read_text())["error"] == "interrupted"
     time.sleep(1)
     assert processes_of_run(str(out)) == []
     kept = summary["variants"][0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,28 +12,61 @@ from harness.pairs import BenchError, select
 from harness.scenario import Scenario
 
 
-def plan(seed: int | None) -> runner.RunPlan:
-    pairs = select(None)
+def plan(seed: int | None, names: list[str] | None = None, **scenario: Any) -> runner.RunPlan:
+    pairs = select(names)
     return runner.RunPlan(
-        scenario=Scenario(name="t"), pairs=pairs, knobs=runner.resolve_knobs(pairs, []), dsn=None,
+        scenario=Scenario(name="t", **scenario), pairs=pairs, knobs=runner.resolve_knobs(pairs, []), dsn=None,
         run_dir=Path("/nonexistent"), write_top_report=False, shuffle_seed=seed,
     )  # fmt: skip
 
 
-def names(order: list) -> list[str]:  # type: ignore[type-arg]
-    return [f"{p.name}/{v.name}" for p, v in order]
+def labels(samples: list[runner.Sample]) -> list[str]:
+    return [sample.label for sample in samples]
 
 
 def test_declared_order_without_shuffle() -> None:
-    order = names(runner.variant_order(plan(None)))
-    assert order[:3] == ["deps/sync-dep", "deps/async-dep", "deps/async-dep-blocking"]
+    order = labels(runner.sample_plan(plan(None)))
+    assert order[:3] == [
+        "deps/sync-dep closed-u50-r1", "deps/async-dep closed-u50-r1", "deps/async-dep-blocking closed-u50-r1"
+    ]  # fmt: skip
 
 
 def test_shuffle_is_a_permutation_reproducible_from_its_seed() -> None:
-    declared = names(runner.variant_order(plan(None)))
-    shuffled = names(runner.variant_order(plan(7)))
+    declared = labels(runner.sample_plan(plan(None)))
+    shuffled = labels(runner.sample_plan(plan(7)))
     assert sorted(shuffled) == sorted(declared) and shuffled != declared
-    assert shuffled == names(runner.variant_order(plan(7)))
+    assert shuffled == labels(runner.sample_plan(plan(7)))
+
+
+def test_each_repeat_measures_every_variant_once_in_its_own_order() -> None:
+    samples = runner.sample_plan(plan(3, ["deps", "blocking"], repeats=3))
+    by_repeat = [[f"{s.pair.name}/{s.variant.name}" for s in samples if s.repeat == r] for r in (1, 2, 3)]
+    assert all(sorted(order) == sorted(by_repeat[0]) and len(order) == 6 for order in by_repeat)
+    assert len({tuple(order) for order in by_repeat}) > 1, "the order is shuffled per repeat"
+    assert all(s.primary for s in samples)
+
+
+def test_users_sweep_marks_the_primary_level_and_spares_pairs_that_fix_their_users() -> None:
+    samples = runner.sample_plan(plan(None, ["deps"], users=50, levels=(1, 10, 50)))
+    sync = [s for s in samples if s.variant.name == "sync-dep"]
+    assert [(s.users, s.primary) for s in sync] == [(1, False), (10, False), (50, True)]
+    # Without the scenario's users in the sweep, the highest level decides.
+    assert next(s.users for s in runner.sample_plan(plan(None, ["deps"], users=30, levels=(1, 10))) if s.primary) == 10
+    fixed = [p for p in select(None) if "users" in p.load]
+    for pair in fixed:
+        chosen = runner.sample_plan(plan(None, [pair.name], levels=(1, 10, 50)))
+        assert {s.users for s in chosen} == {pair.load["users"]}
+
+
+def test_open_loop_and_soak_samples_only_where_pairs_declare_them() -> None:
+    samples = runner.sample_plan(plan(None, ["deps", "sessions", "blocking"], open_loop=1, soak_s=30.0))
+    opened = {(s.pair.name, s.rate) for s in samples if s.mode == "open"}
+    assert opened == {("deps", 60.0), ("blocking", 80.0)}  # blocking: 0.8 x 1000 / block_ms 10
+    assert {s.pair.name for s in samples if s.mode == "soak"} == {"sessions"}
+    assert not any(s.primary for s in samples if s.mode != "closed")
+    # --rate makes every sample open loop, and those decide.
+    rated = runner.sample_plan(plan(None, ["deps"], rate=120.0))
+    assert {(s.mode, s.rate, s.primary) for s in rated} == {("open", 120.0, True)}
 
 
 def test_knobs_apply_only_to_pairs_that_have_them() -> None:

@@ -10,6 +10,30 @@ from harness.pairs import Pair, Records, Variant, Verdict, fmt, inconclusive, mi
 
 # to_thread "fixes" it when it serves at least this many times the blocking throughput.
 FIX_FACTOR = 1.5
+# anyio's default limit on worker threads for `def` endpoints and sync dependencies.
+ANYIO_TOKENS = 40
+# Open loop at this share of the blocking variant's ceiling: below saturation, where a
+# closed loop and an open loop tell different stories about the same stall.
+OPEN_LOOP_SHARE = 0.8
+
+
+def ceilings(knobs: Mapping[str, int], users: int, cpus: int) -> dict[str, tuple[float, str]]:
+    """Throughput ceilings if the blocking call were all the work: calls at once x calls
+    per second each, where at most `users` requests are in flight (closed loop)."""
+    block_ms = knobs["block_ms"]
+    per_call = 1000 / block_ms
+    executor = min(32, cpus + 4)  # asyncio's default executor size
+    return {
+        "async-blocking": (per_call, f"one call at a time on the loop: 1000/{block_ms}"),
+        "async-to-thread": (
+            min(executor, users) * per_call,
+            f"min({executor} default-executor threads, {users} users) x 1000/{block_ms}",
+        ),
+        "sync-def": (
+            min(ANYIO_TOKENS, users) * per_call,
+            f"min({ANYIO_TOKENS} anyio tokens, {users} users) x 1000/{block_ms}",
+        ),
+    }
 
 
 def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:
@@ -98,5 +122,7 @@ PAIR = Pair(
     ),
     knobs={"block_ms": 10},
     decide=decide,
+    physics=ceilings,
+    open_loop_rate=lambda knobs: OPEN_LOOP_SHARE * 1000 / knobs["block_ms"],
     order=110,
 )

@@ -112,5 +112,6 @@ PAIR = Pair(
     ),
     knobs={"pool_size": 10, "pool_timeout_ms": 2000},
     decide=decide,
+    soak=True,
     order=70,
 )

@@ -1,0 +1,254 @@
+"""The report's charts, drawn only from a run folder's records and raw files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from harness import analysis, store
+from harness.pairs import Pair
+
+# Each variant gets its own colour; the family says its role (warm = bad, cool = good).
+ROLE_PALETTES = {
+    "bad": ["#d1495b", "#f18f01", "#8e2c3f"],
+    "good": ["#2e86ab", "#3bb273", "#1b4965"],
+    "reference": ["#7d7d7d", "#b0b0b0", "#4a4a4a"],
+}
+ROLE_STYLES = {"bad": "--", "good": "-", "reference": ":"}
+
+
+def variant_colors(records: list[dict[str, Any]]) -> dict[str, str]:
+    used: dict[str, int] = {}
+    colors = {}
+    for r in records:
+        palette = ROLE_PALETTES.get(r["role"], ["#444444"])
+        colors[r["variant"]] = palette[used.get(r["role"], 0) % len(palette)]
+        used[r["role"]] = used.get(r["role"], 0) + 1
+    return colors
+
+
+def sample_folder(run_dir: Path, record: dict[str, Any]) -> Path:
+    """The raw files a variant record's time series are drawn from: its first sample."""
+    return run_dir / record["pair"] / record["variant"] / str(record.get("sample"))
+
+
+def _series(run_dir: Path, record: dict[str, Any], name: str, column: str) -> pd.DataFrame | None:
+    folder = sample_folder(run_dir, record)
+    start = store.read_phases(folder).get("load_start")
+    if start is None or not (folder / name).is_file():
+        return None
+    frame = pd.read_csv(folder / name)
+    if frame.empty:
+        return None
+    frame["t"] = frame[column] - start
+    return frame
+
+
+def _warmup_end(run_dir: Path, records: list[dict[str, Any]]) -> float | None:
+    for r in records:
+        phases = store.read_phases(sample_folder(run_dir, r))
+        if "measure_start" in phases and "load_start" in phases:
+            return phases["measure_start"] - phases["load_start"]
+    return None
+
+
+def chart_pair(run_dir: Path, pair: Pair, records: list[dict[str, Any]], out: Path) -> None:
+    fig, axes = plt.subplots(3, 2, figsize=(12, 12.5))
+    names = [r["variant"] for r in records]
+    by_variant = variant_colors(records)
+    colors = [by_variant[name] for name in names]
+    ok = [r for r in records if r["status"] == "ok"]
+
+    ax = axes[0][0]
+    good_rps = [(r["rps"] or 0) * (1 - (r["failure_rate"] or 0)) for r in records]
+    failed_rps = [(r["rps"] or 0) * (r["failure_rate"] or 0) for r in records]
+    ax.bar(names, good_rps, color=colors)
+    ax.bar(names, failed_rps, bottom=good_rps, color="none", edgecolor="black", hatch="//", label="failed requests")
+    ax.set_title("Throughput (req/s; hatched = failed)")
+    ax.tick_params(axis="x", labelrotation=15)
+    if any(failed_rps):
+        ax.legend(loc="upper right", fontsize=8)
+
+    ax = axes[0][1]
+    width = 0.2
+    for i, (key, label) in enumerate(
+        [("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99"), ("ping_p99_ms", "/ping p99")]
+    ):
+        values = [r[key] or 0 for r in records]
+        ax.bar([x + (i - 1.5) * width for x in range(len(records))], [max(v, 0.1) for v in values], width, label=label)
+    ax.set_xticks(range(len(records)), names, rotation=15)
+    ax.set_yscale("log")
+    ax.set_title("Latency (ms, log scale)")
+    ax.legend(fontsize=8)
+
+    warmup_end = _warmup_end(run_dir, ok)
+    for ax, file, column, value, title in (
+        (axes[1][0], "connections.csv", "time", "total", "PostgreSQL backends (pg_stat_activity)"),
+        (axes[1][1], "probe.csv", "intended", "latency_ms", "/ping latency during load (ms, log scale)"),
+        (axes[2][0], "loop_lag.csv", "time", "lag_ms", "event-loop lag inside the server (ms, log scale)"),
+        (axes[2][1], "connections.csv", "time", "server_rss_mb", "server resident memory (MB)"),
+    ):
+        if warmup_end:
+            ax.axvspan(0, warmup_end, color="#ececec", label="warm-up (not counted)")
+        for r in ok:
+            frame = _series(run_dir, r, file, column)
+            if frame is not None and value in frame:
+                style = ROLE_STYLES.get(r["role"], "-")
+                ax.plot(
+                    frame["t"], frame[value], style, label=r["variant"], color=by_variant[r["variant"]], linewidth=1.2
+                )
+        ax.set_title(title)
+        ax.set_xlabel("seconds since load start")
+        ax.legend(fontsize=8)
+    axes[1][0].set_ylim(bottom=0)  # a count: a flat line must not be zoomed into noise
+    axes[1][1].set_yscale("log")
+    axes[2][0].set_yscale("symlog", linthresh=1.0)  # lag is often 0.0x ms: linear below 1 ms
+    axes[2][1].set_ylim(bottom=0)
+    fig.suptitle(f"{pair.name}: {pair.claim}", fontsize=11)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def sweep_points(pair: Pair, records: list[dict[str, Any]]) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+    """Measured records by sweep series, sorted by x. A variant in a series of its own
+    that sits at x = 0 (e.g. no middleware at all) is the common start of every series."""
+    by_name = {r["variant"]: r for r in records if r["status"] == "ok"}
+    series: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    shared: list[tuple[int, dict[str, Any]]] = []
+    for variant in pair.variants:
+        if variant.sweep is None or variant.name not in by_name:
+            continue
+        label, x = variant.sweep
+        series.setdefault(label, []).append((x, by_name[variant.name]))
+    for label, points in list(series.items()):
+        if len(points) == 1 and points[0][0] == 0 and len(series) > 1:
+            shared += points
+            del series[label]
+    return {label: sorted(points + shared, key=lambda p: p[0]) for label, points in series.items()}
+
+
+def chart_sweep(pair: Pair, records: list[dict[str, Any]], out: Path) -> bool:
+    """Throughput and latency against the swept quantity, one line per series."""
+    series = sweep_points(pair, records)
+    if not series:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, points in series.items():
+        xs = [x for x, _ in points]
+        left.plot(xs, [r["rps"] for _, r in points], "o-", label=label)
+        (line,) = right.plot(xs, [r["p50_ms"] for _, r in points], "o-", label=f"{label} p50")
+        right.plot(xs, [r["p99_ms"] for _, r in points], "s--", color=line.get_color(), label=f"{label} p99")
+    left.set_title("Throughput (req/s)")
+    left.set_ylim(bottom=0)
+    right.set_title("Latency (ms)")
+    right.set_ylim(bottom=0)
+    for ax in (left, right):
+        ax.set_xlabel(pair.sweep_label or "sweep")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{pair.name}: {pair.claim}", fontsize=11)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def chart_levels(pair: Pair, records: list[dict[str, Any]], p99_target_ms: float, out: Path) -> bool:
+    """The users sweep: throughput and p99 against users, one line per variant, each
+    variant's knee circled, the p99 target drawn."""
+    swept = [r for r in records if r.get("levels")]
+    if not swept:
+        return False
+    colors = variant_colors(records)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in swept:
+        levels = [level for level in r["levels"] if level["status"] == "ok"]
+        users = [level["users"] for level in levels]
+        style = ROLE_STYLES.get(r["role"], "-")
+        left.plot(
+            users, [lv["rps"] for lv in levels], style, marker="o", color=colors[r["variant"]], label=r["variant"]
+        )
+        right.plot(users, [lv["p99_ms"] for lv in levels], style, marker="o", color=colors[r["variant"]])
+        if r.get("knee"):
+            left.plot([r["knee"]["users"]], [r["knee"]["rps"]], "o", ms=14, mfc="none", color=colors[r["variant"]])
+    right.axhline(p99_target_ms, color="black", linewidth=0.8, linestyle=":", label=f"p99 target {p99_target_ms:g} ms")
+    left.set_title("Throughput (req/s); circle = knee")
+    right.set_title("p99 latency (ms, log scale)")
+    right.set_yscale("log")
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xlabel("concurrent users")
+        ax.legend(fontsize=8)
+    left.set_ylim(bottom=0)
+    fig.suptitle(f"{pair.name}: users sweep", fontsize=11)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def chart_soak(run_dir: Path, pair: Pair, records: list[dict[str, Any]], out: Path) -> bool:
+    """A soak: backends, server memory and p99 over the load and the recovery after it."""
+    soaked = [r for r in records if r.get("soak") and r.get("soak_sample")]
+    if not soaked:
+        return False
+    colors = variant_colors(records)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for r in soaked:
+        folder = run_dir / r["pair"] / r["variant"] / r["soak_sample"]
+        phases = store.read_phases(folder)
+        if "measure_start" not in phases:
+            continue
+        start = phases["measure_start"]
+        samples = pd.read_csv(folder / "connections.csv")
+        samples = samples[samples["time"] >= start]
+        style = ROLE_STYLES.get(r["role"], "-")
+        for ax, column in ((axes[0], "total"), (axes[1], "server_rss_mb")):
+            ax.plot(samples["time"] - start, samples[column], style, color=colors[r["variant"]], label=r["variant"])
+        history = analysis.read_history(folder)
+        history = history[history["Timestamp"] >= start]
+        axes[2].plot(
+            history["Timestamp"] - start, history["99%"], style, color=colors[r["variant"]], label=r["variant"]
+        )
+        load_s = r["soak"]["load_s"]
+        for ax in axes:
+            ax.axvspan(load_s, load_s + r["soak"]["recovery_s"], color="#ececec")
+    for ax, title in zip(
+        axes, ("PostgreSQL backends", "server resident memory (MB)", "p99 (ms, 10 s window)"), strict=True
+    ):
+        ax.set_title(f"{title}; grey = recovery, no load", fontsize=9)
+        ax.set_xlabel("seconds since the measured load began")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{pair.name}: soak", fontsize=11)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def draw_pair(
+    run_dir: Path, pair: Pair, records: list[dict[str, Any]], out_dir: Path, p99_target_ms: float
+) -> list[str]:
+    """Every chart the pair's data allows, as paths relative to the run folder, in the
+    order the report shows them."""
+    drawn = []
+    if chart_sweep(pair, records, out_dir / f"{pair.name}-sweep.png"):
+        drawn.append(f"{pair.name}-sweep.png")
+    chart_pair(run_dir, pair, records, out_dir / f"{pair.name}.png")
+    drawn.append(f"{pair.name}.png")
+    if chart_levels(pair, records, p99_target_ms, out_dir / f"{pair.name}-users.png"):
+        drawn.append(f"{pair.name}-users.png")
+    if chart_soak(run_dir, pair, records, out_dir / f"{pair.name}-soak.png"):
+        drawn.append(f"{pair.name}-soak.png")
+    return [f"{out_dir.name}/{name}" for name in drawn]

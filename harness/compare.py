@@ -1,0 +1,112 @@
+"""`bench.py compare RUN_A RUN_B`: every variant both runs measured, figure by figure,
+as B against A with an interval and a word: faster, slower or not significant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import stats, store
+from harness.pairs import BenchError
+
+# Figure, how it reads, and whether more is better.
+FIGURES = (("rps", "req/s", True), ("p50_ms", "p50 ms", False), ("p99_ms", "p99 ms", False))
+# What must match for two runs to be comparable at face value.
+MACHINE_KEYS = ("cpu_model", "cpu_count", "memory_gb", "os", "python")
+
+
+@dataclass(frozen=True)
+class Change:
+    pair: str
+    variant: str
+    figure: str
+    label: str
+    a: float
+    b: float
+    ratio: float  # b / a
+    ci: tuple[float, float] | None
+    word: str  # "faster", "slower", "not significant", or "... (no interval)"
+    regression_pct: float  # how much worse B is, in percent (negative: better)
+
+
+def _summary(run_dir: Path) -> dict[str, Any]:
+    if not store.is_run_dir(run_dir) or not (run_dir / "summary.json").is_file():
+        raise BenchError(f"{run_dir} is not a run folder with a summary.json")
+    store.check_format(run_dir)
+    return dict(store.read_json(run_dir / "summary.json"))
+
+
+def differences(a_dir: Path, b_dir: Path) -> list[str]:
+    """What differs between the two runs' machines, versions and scenarios."""
+    a, b = (store.read_json(d / "manifest.json") for d in (a_dir, b_dir))
+    found = []
+    for key in MACHINE_KEYS:
+        if a["environment"].get(key) != b["environment"].get(key):
+            found.append(f"{key}: {a['environment'].get(key)} vs {b['environment'].get(key)}")
+    for name, version in a["environment"]["packages"].items():
+        other = b["environment"]["packages"].get(name)
+        if other != version:
+            found.append(f"{name}: {version} vs {other}")
+    for key in sorted(set(a["scenario"]) | set(b["scenario"])):
+        if key not in ("name", "description") and a["scenario"].get(key) != b["scenario"].get(key):
+            found.append(f"scenario {key}: {a['scenario'].get(key)} vs {b['scenario'].get(key)}")
+    return found
+
+
+def _judge(a: dict[str, Any], b: dict[str, Any], figure: str, higher_is_better: bool) -> tuple[Any, str, float]:
+    ratio = b[figure] / a[figure]
+    a_ci, b_ci = ((r.get("ci") or {}).get(figure) for r in (a, b))
+    ci = stats.ratio_ci(b["values"][figure], a["values"][figure])
+    better = ratio > 1 if higher_is_better else ratio < 1
+    word = "faster" if better else "slower"
+    overlapping = stats.overlap(a_ci, b_ci)
+    if overlapping is None:
+        word += " (no interval)"
+    elif overlapping:
+        word = "not significant"
+    worse_pct = (1 - ratio) * 100 if higher_is_better else (ratio - 1) * 100
+    return ci, word, worse_pct
+
+
+def compare(a_dir: Path, b_dir: Path) -> list[Change]:
+    a_records = {(r["pair"], r["variant"]): r for r in _summary(a_dir)["variants"] if r["status"] == "ok"}
+    b_records = {(r["pair"], r["variant"]): r for r in _summary(b_dir)["variants"] if r["status"] == "ok"}
+    changes = []
+    for key in [k for k in a_records if k in b_records]:
+        a, b = a_records[key], b_records[key]
+        for figure, label, higher_is_better in FIGURES:
+            if not a.get(figure) or b.get(figure) is None:
+                continue
+            ci, word, worse_pct = _judge(a, b, figure, higher_is_better)
+            ratio = b[figure] / a[figure]
+            changes.append(Change(*key, figure, label, a[figure], b[figure], ratio, ci, word, worse_pct))
+    if not changes:
+        raise BenchError(f"{a_dir} and {b_dir} have no measured variant in common")
+    return changes
+
+
+def regressions(changes: list[Change], threshold_pct: float) -> list[Change]:
+    """Changes for the worse beyond the threshold that are not within noise."""
+    return [c for c in changes if c.regression_pct > threshold_pct and c.word != "not significant"]
+
+
+def render(changes: list[Change], notes: list[str]) -> str:
+    lines = [f"warning: the runs differ: {note}" for note in notes]
+    header = ("variant", "figure", "A", "B", "B/A", "95% interval", "")
+    rows = [
+        (
+            f"{c.pair}/{c.variant}",
+            c.label,
+            f"{c.a:,.1f}",
+            f"{c.b:,.1f}",
+            f"{c.ratio:.2f}x",
+            f"{c.ci[0]:.2f}-{c.ci[1]:.2f}" if c.ci else "n/a",
+            c.word,
+        )
+        for c in changes
+    ]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        lines.append("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,154 @@
+"""Statistics, flags, aggregation over repeats and `compare`, on fixture data: no load."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from harness import analysis, compare, report, runner, stats, store
+from harness.pairs import BenchError, select
+from harness.scenario import Scenario
+from tests.conftest import write_manifest, write_variant
+
+
+def test_bootstrap_interval_contains_the_median_and_narrows_with_agreement() -> None:
+    wide = stats.bootstrap_ci([80.0, 100.0, 120.0, 90.0, 110.0])
+    narrow = stats.bootstrap_ci([99.0, 100.0, 101.0, 100.0, 100.0])
+    assert wide is not None and narrow is not None
+    assert wide[0] <= 100 <= wide[1] and narrow[0] <= 100 <= narrow[1]
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+    assert stats.bootstrap_ci([5.0]) is None and stats.bootstrap_ci([]) is None
+    assert stats.bootstrap_ci([1.0, 2.0, 3.0]) == stats.bootstrap_ci([1.0, 2.0, 3.0]), "seeded: reproducible"
+
+
+def test_ratio_interval_and_significance() -> None:
+    slow, fast = [50.0, 52.0, 48.0], [200.0, 210.0, 190.0]
+    ci = stats.ratio_ci(slow, fast)
+    assert ci is not None and ci[1] < 0.3 and ci[0] > 0.2
+    assert stats.overlap(stats.bootstrap_ci(slow), stats.bootstrap_ci(fast)) is False
+    assert stats.overlap(stats.bootstrap_ci([100.0, 120.0, 80.0]), stats.bootstrap_ci([105.0, 95.0, 115.0])) is True
+    assert stats.overlap(None, (1.0, 2.0)) is None
+
+
+def test_spread_warns_at_ten_percent() -> None:
+    assert stats.spread([100.0, 101.0, 99.0]) == pytest.approx(0.01)
+    noisy = stats.spread([80.0, 100.0, 120.0])
+    assert noisy is not None and noisy > stats.SPREAD_WARNING
+    assert stats.spread([3.0]) is None
+
+
+def test_knee_is_the_most_throughput_under_the_target() -> None:
+    levels = [stats.Level(1, 100, 5), stats.Level(10, 800, 40), stats.Level(50, 1000, 180), stats.Level(100, 990, 400)]
+    assert stats.knee(levels, 100.0) == stats.Level(10, 800, 40)
+    assert stats.knee(levels, 1000.0) == stats.Level(50, 1000, 180)
+    assert stats.knee(levels, 1.0) is None
+
+
+def test_generator_saturation_and_short_open_loop_rate_are_flagged() -> None:
+    assert analysis.sample_flags({"generator_cpu_pct": 97.0}) == ["load generator at 97% CPU"]
+    assert analysis.sample_flags({"generator_cpu_pct": 60.0}) == []
+    short = {"mode": "open", "rate": 100.0, "achieved_rps": 70.0}
+    assert analysis.sample_flags(short) == ["achieved 70 of 100 req/s requested"]
+    assert analysis.sample_flags(short | {"achieved_rps": 99.0}) == []
+
+
+def repeats_run(tmp_path: Path, sync_rps: list[int], good_rps: list[int], **first: object) -> Path:
+    run_dir = tmp_path / "run"
+    write_manifest(run_dir, {"deps": {}})
+    for repeat, (sync, good) in enumerate(zip(sync_rps, good_rps, strict=True), start=1):
+        extra = first if repeat == 1 else {}
+        write_variant(run_dir, "deps", "sync-dep", "bad", requests=sync * 10, repeat=repeat, **extra)  # type: ignore[arg-type]
+        write_variant(run_dir, "deps", "async-dep", "good", requests=good * 10, repeat=repeat)
+        write_variant(run_dir, "deps", "async-dep-blocking", "bad", requests=good * 5, repeat=repeat, lag_ms=[300.0])
+    return run_dir
+
+
+def test_repeats_combine_into_medians_with_intervals_and_comparisons(tmp_path: Path) -> None:
+    run_dir = repeats_run(tmp_path, [100, 110, 90], [200, 205, 195])
+    text = report.rebuild(run_dir, write_top_report=False).read_text()
+    summary = store.read_json(run_dir / "summary.json")
+    sync = next(r for r in summary["variants"] if r["variant"] == "sync-dep")
+    assert sync["repeats"] == 3 and sync["ci_method"] == "repeats"
+    assert sync["rps"] == pytest.approx(100.0) and sync["requests"] == 3000
+    low, high = sync["ci"]["rps"]
+    assert 90 <= low <= 100 <= high <= 110
+    row = next(c for c in summary["comparisons"] if c["variant"] == "sync-dep")
+    assert row["baseline"] == "async-dep" and row["rps"]["ratio"] == pytest.approx(0.5)
+    assert row["rps"]["significant"] is True
+    assert "| `sync-dep` | `async-dep` | 0.50x (" in text
+    assert len(summary["samples"]) == 9
+
+
+def test_overlapping_repeats_are_not_significant_and_spread_is_warned(tmp_path: Path) -> None:
+    run_dir = repeats_run(tmp_path, [150, 260, 190], [200, 205, 195])
+    text = report.rebuild(run_dir, write_top_report=False).read_text()
+    row = next(c for c in store.read_json(run_dir / "summary.json")["comparisons"] if c["variant"] == "sync-dep")
+    assert row["rps"]["significant"] is False
+    assert "not significant" in text and "⚠ ±" in text
+
+
+def test_a_flagged_sample_is_never_used_silently(tmp_path: Path) -> None:
+    run_dir = repeats_run(tmp_path, [100, 110, 90], [200, 205, 195])
+    connections = run_dir / "deps" / "sync-dep" / "closed-u10-r1" / "connections.csv"
+    rows = connections.read_text().splitlines()
+    header = rows[0].split(",") + ["generator_cpu_pct"]
+    connections.write_text("\n".join([",".join(header)] + [line + ",97" for line in rows[1:]]) + "\n")
+    text = report.rebuild(run_dir, write_top_report=False).read_text()
+    summary = store.read_json(run_dir / "summary.json")
+    assert "load generator at 97% CPU" in summary["verdicts"]["deps"]["text"]
+    assert "(flagged)" in summary["verdicts"]["deps"]["headline"]
+    assert "**Flagged measurements**" in text
+
+
+def test_workers_are_added_only_when_calibration_falls_short_and_cores_are_free(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def plan(**fields: object) -> runner.RunPlan:
+        pairs = select(["deps"])
+        return runner.RunPlan(
+            scenario=Scenario(name="t", **fields),  # type: ignore[arg-type]
+            pairs=pairs, knobs=runner.resolve_knobs(pairs, []), dsn=None, run_dir=Path("/x"), write_top_report=False,
+        )  # fmt: skip
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert runner.choose_workers(plan(rate=5000.0), 2000.0)[0] == 4
+    assert runner.choose_workers(plan(rate=1000.0), 2000.0)[0] == 0
+    assert runner.choose_workers(plan(), 2000.0)[0] == 0  # closed loop: no rate to fall short of
+    assert runner.choose_workers(plan(rate=5000.0, locust_workers=2), 2000.0) == (2, "2 worker processes, as asked")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    workers, why = runner.choose_workers(plan(rate=5000.0), 2000.0)
+    assert workers == 0 and "no core is free" in why
+
+
+def test_compare_judges_each_figure_and_fails_above_a_threshold(tmp_path: Path) -> None:
+    a = repeats_run(tmp_path / "a", [100, 102, 98], [200, 205, 195])
+    b = repeats_run(tmp_path / "b", [60, 62, 58], [199, 206, 196])
+    for run_dir in (a, b):
+        report.rebuild(run_dir, write_top_report=False)
+    changes = {(c.variant, c.figure): c for c in compare.compare(a, b)}
+    assert changes[("sync-dep", "rps")].word == "slower" and changes[("sync-dep", "rps")].ratio == pytest.approx(0.6)
+    assert changes[("async-dep", "rps")].word == "not significant"
+    assert [(c.variant, c.figure) for c in compare.regressions(list(changes.values()), 10.0)] == [("sync-dep", "rps")]
+    assert compare.regressions(list(changes.values()), 50.0) == []
+    out = compare.render(list(changes.values()), ["cpu_count: 2 vs 4"])
+    assert out.startswith("warning: the runs differ: cpu_count: 2 vs 4") and "deps/sync-dep" in out
+
+
+def test_compare_warns_when_machines_or_versions_differ(tmp_path: Path) -> None:
+    a = repeats_run(tmp_path / "a", [100, 100, 100], [200, 200, 200])
+    b = repeats_run(tmp_path / "b", [100, 100, 100], [200, 200, 200])
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest["environment"]["cpu_count"] = 64
+    manifest["environment"]["packages"]["fastapi"] = "0.1.0"
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    notes = compare.differences(a, b)
+    assert any(note.startswith("cpu_count:") for note in notes) and any(note.startswith("fastapi:") for note in notes)
+    assert compare.differences(a, a) == []
+
+
+def test_compare_refuses_a_folder_without_a_summary(tmp_path: Path) -> None:
+    with pytest.raises(BenchError, match="not a run folder"):
+        compare.compare(tmp_path, tmp_path)
