@@ -108,10 +108,11 @@ def fetch_row(db: Database, item_id: int) -> dict[str, Any] | None:
 
 
 # Client backends on the suite's database, by state, not counting the harness's own.
+# A backend still authenticating has no database yet but already holds a connection slot.
 BACKENDS_SQL = """
-SELECT coalesce(state, 'unknown'), count(*) FROM pg_stat_activity
-WHERE backend_type = 'client backend' AND datname = current_database()
-  AND application_name <> %s
+SELECT coalesce(state, 'starting'), count(*) FROM pg_stat_activity
+WHERE backend_type = 'client backend' AND (datname = current_database() OR datname IS NULL)
+  AND application_name <> %s AND pid <> pg_backend_pid()
 GROUP BY 1
 """
 

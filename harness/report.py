@@ -168,7 +168,14 @@ def _table(records: list[dict[str, Any]], columns: Columns = COLUMNS) -> list[st
 def reference_link(ref: str) -> str:
     """'fastapi#3205' -> a link to that issue or pull request on GitHub."""
     repo, _, number = ref.partition("#")
-    owner = {"fastapi": "fastapi", "starlette": "Kludex", "uvicorn": "Kludex", "asyncpg": "MagicStack"}.get(repo)
+    owner = {
+        "fastapi": "fastapi",
+        "starlette": "Kludex",
+        "uvicorn": "Kludex",
+        "asyncpg": "MagicStack",
+        "httpx": "encode",
+        "httpcore": "encode",
+    }.get(repo)
     return f"[{ref}](https://github.com/{owner}/{repo}/issues/{number})" if owner and number.isdigit() else ref
 
 

@@ -422,14 +422,20 @@ WARNING_LINE = re.compile(r"\b[A-Z]\w*Warning: .*")
 
 
 def server_warnings(log: Path, limit: int = 10) -> list[str]:
-    """Distinct warnings the server printed (PYTHONWARNINGS=default: once per place)."""
+    """Distinct warnings the server printed (PYTHONWARNINGS=default: once per place).
+    A message that starts on the next line (FastAPI's deprecations do) is joined to it."""
     found: dict[str, None] = {}
     try:
-        for line in log.read_text(errors="replace").splitlines():
-            if match := WARNING_LINE.search(line):
-                found.setdefault(database.redact(match.group(0))[:300])
+        lines = log.read_text(errors="replace").splitlines()
     except OSError:
         return []
+    for index, line in enumerate(lines):
+        if not (match := WARNING_LINE.search(line)):
+            continue
+        text = match.group(0).strip()
+        if text.endswith(":"):
+            text += " " + next((rest.strip() for rest in lines[index + 1 : index + 4] if rest.strip()), "")
+        found.setdefault(database.redact(text)[:300])
     return list(found)[:limit]
 
 

@@ -23,11 +23,12 @@ from typing import Any
 
 import gevent
 from locust import FastHttpUser, events, task
-from locust.runners import WorkerRunner
+from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import StatsError
 
 # A send later than this after its due time is "late": the generator could not keep up.
 LATE_MS = 10.0
+RESET_MESSAGE = "bench_reset_stats"
 phases: dict[str, float] = {}
 
 
@@ -53,9 +54,23 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _reset_stats(environment: Any, msg: Any = None, **_: Any) -> None:
+    environment.runner.stats.reset_all()
+
+
+@events.init.add_listener
+def on_init(environment: Any, **_: Any) -> None:
+    if isinstance(environment.runner, WorkerRunner):
+        # Workers report what they measured every few seconds; the warm-up's requests
+        # must be dropped where they are counted, not only on the master.
+        environment.runner.register_message(RESET_MESSAGE, _reset_stats)
+
+
 def end_warmup(environment: Any, warmup_s: float, phases_file: str) -> None:
     gevent.sleep(warmup_s)
-    environment.runner.stats.reset_all()
+    if isinstance(environment.runner, MasterRunner):
+        environment.runner.send_message(RESET_MESSAGE)
+    _reset_stats(environment)
     phases["measure_start"] = time.time()
     _write_json(phases_file, phases)
 

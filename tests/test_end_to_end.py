@@ -15,8 +15,9 @@ import psutil
 import pytest
 
 from harness.database import Database
-from harness.pairs import ROOT
+from harness.pairs import ROOT, discover
 
+E2E_PAIRS = ("deps", "sessions", "blocking", "gather")
 E2E_PG_HOME = Path(os.environ.get("BENCH_TEST_PG_HOME", ROOT / ".bench" / "test-pg")).with_name("test-e2e")
 
 
@@ -31,7 +32,11 @@ def processes_of_run(marker: str) -> list[str]:
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if marker in cmdline or ("uvicorn" in cmdline and "apps." in cmdline) or "locustfile.py" in cmdline:
+        if (
+            marker in cmdline
+            or "locustfile.py" in cmdline
+            or ("uvicorn" in cmdline and ("apps." in cmdline or "harness.upstream" in cmdline))
+        ):
             found.append(f"{proc.info['pid']}: {cmdline}")
     return found
 
@@ -39,14 +44,20 @@ def processes_of_run(marker: str) -> list[str]:
 @pytest.mark.slow
 def test_tiny_run_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = bench("run", "--scenario", "tiny", "--out", str(out), env={"BENCH_PG_HOME": str(E2E_PG_HOME)})
+    # The core pairs, and one that calls the stub upstream; every variant of every pair is
+    # verified on its own in test_variants.
+    result = bench(
+        "run", "--scenario", "tiny", "--pairs", ",".join(E2E_PAIRS), "--out", str(out),
+        env={"BENCH_PG_HOME": str(E2E_PG_HOME)},
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     assert manifest["database"]["source"] == "embedded" and "***" in manifest["database"]["dsn"]
     records = {(r["pair"], r["variant"]): r for r in summary["variants"]}
-    assert len(records) == 10
+    assert {pair for pair, _ in records} == set(E2E_PAIRS)
+    assert len(records) == sum(len(discover()[pair].variants) for pair in E2E_PAIRS)
     for (pair, variant), record in records.items():
         assert record["status"] == "ok", (pair, variant, record["error"])
         assert record["requests"] > 0 and record["ping_samples"] > 0
@@ -58,9 +69,9 @@ def test_tiny_run_end_to_end(tmp_path: Path) -> None:
             assert record["rps"] > 0 and record["failure_rate"] < 0.01
     # The leaky pool runs dry: its failures are counted, not hidden.
     assert records[("sessions", "pool-leaky")]["failures"] > 0
-    assert set(summary["verdicts"]) == {"deps", "sessions", "blocking"}
+    assert set(summary["verdicts"]) == set(E2E_PAIRS)
     text = (out / "REPORT.md").read_text()
-    for pair in ("deps", "sessions", "blocking"):
+    for pair in E2E_PAIRS:
         assert summary["verdicts"][pair]["text"] in text
         assert (out / "charts" / f"{pair}.png").is_file()
     password = (E2E_PG_HOME / "password").read_text().strip()

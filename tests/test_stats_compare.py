@@ -94,7 +94,7 @@ def test_a_flagged_sample_is_never_used_silently(tmp_path: Path) -> None:
     run_dir = repeats_run(tmp_path, [100, 110, 90], [200, 205, 195])
     connections = run_dir / "deps" / "sync-dep" / "closed-u10-r1" / "connections.csv"
     rows = connections.read_text().splitlines()
-    header = rows[0].split(",") + ["generator_cpu_pct"]
+    header = [*rows[0].split(","), "generator_cpu_pct"]
     connections.write_text("\n".join([",".join(header)] + [line + ",97" for line in rows[1:]]) + "\n")
     text = report.rebuild(run_dir, write_top_report=False).read_text()
     summary = store.read_json(run_dir / "summary.json")
