@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 # Extra arguments for bench.py run, e.g. make bench ARGS="--pairs deps --set block_ms=20"
 ARGS ?=
 
-.PHONY: bench bench-quick report list test lint db-up db-down clean
+.PHONY: bench bench-quick bench-sweep bench-soak report list test lint db-up db-down clean
 
 $(STAMP): requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=/path/to/python3.11")'
@@ -18,8 +18,14 @@ $(STAMP): requirements.txt
 bench: $(STAMP)  ## run the default scenario and write REPORT.md
 	$(PY) bench.py run --scenario default $(ARGS)
 
-bench-quick: $(STAMP)  ## a ~3 minute look at the same pairs
+bench-quick: $(STAMP)  ## every variant once, shorter
 	$(PY) bench.py run --scenario quick $(ARGS)
+
+bench-sweep: $(STAMP)  ## users sweep with knees for the pairs where concurrency decides
+	$(PY) bench.py run --scenario sweep --pairs blocking,deps,pool --out results/$$(date +%Y%m%d-%H%M%S)-sweep $(ARGS)
+
+bench-soak: $(STAMP)  ## a long load and a quiet recovery for the leak pair
+	$(PY) bench.py run --scenario quick --pairs sessions --soak 120 --out results/$$(date +%Y%m%d-%H%M%S)-soak $(ARGS)
 
 report: $(STAMP)  ## re-render REPORT.md from the newest run (or RUN=results/<id>)
 	$(PY) bench.py report $(RUN)

@@ -110,11 +110,11 @@ def _locust_totals(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
         figures = [percentiles[0.5], percentiles[0.95], percentiles[0.99], final["max_ms"]]
         errors = pd.DataFrame(final["errors"], columns=["Error", "Occurrences"])
     else:
-        stats_csv = pd.read_csv(folder / "locust_stats.csv")
+        stats_csv = pd.read_csv(store.raw(folder, "locust_stats.csv"))
         total = stats_csv[stats_csv["Name"] == "Aggregated"].iloc[0]
         requests, failures = int(total["Request Count"]), int(total["Failure Count"])
         figures = [total["50%"], total["95%"], total["99%"], total["Max Response Time"]]
-        failures_file = folder / "locust_failures.csv"
+        failures_file = store.raw(folder, "locust_failures.csv")
         errors = pd.read_csv(failures_file) if failures_file.is_file() else pd.DataFrame()
     p50, p95, p99, top = (None if v is None else float(v) for v in figures)
     out: dict[str, Any] = {
@@ -146,7 +146,7 @@ def failure_kind(message: str) -> str:
 
 
 def _probe(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
-    probe = _in_window(pd.read_csv(folder / "probe.csv"), "intended", window)
+    probe = _in_window(pd.read_csv(store.raw(folder, "probe.csv")), "intended", window)
     ok = probe[probe["status"] == 200]
     latency = ok["latency_ms"]
     return {
@@ -159,7 +159,7 @@ def _probe(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
 
 
 def _loop_lag(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
-    path = folder / "loop_lag.csv"
+    path = store.raw(folder, "loop_lag.csv")
     samples = _in_window(pd.read_csv(path), "time", window) if path.is_file() else pd.DataFrame()
     if samples.empty:  # an app without the monitor, or one that never got to run it
         return dict.fromkeys(LOOP_FIELDS)
@@ -184,7 +184,7 @@ def _column(samples: pd.DataFrame, name: str) -> pd.Series:
 
 
 def _connections(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
-    samples = _in_window(pd.read_csv(folder / "connections.csv"), "time", window)
+    samples = _in_window(pd.read_csv(store.raw(folder, "connections.csv")), "time", window)
     counted = samples.dropna(subset=["total"])
     cpu, rss, fds = (_column(samples, c) for c in ("server_cpu_pct", "server_rss_mb", "server_fds"))
     sessions = _column(samples, "sessions").dropna()
@@ -214,7 +214,7 @@ def _mean(values: pd.Series) -> float | None:
 def read_history(folder: Path) -> pd.DataFrame:
     """Locust's once-a-second history of the aggregate. The statistics reset at the end
     of the warm-up can tear a line; torn lines are dropped, not guessed at."""
-    path = folder / "locust_stats_history.csv"
+    path = store.raw(folder, "locust_stats_history.csv")
     if not path.is_file():
         return pd.DataFrame(columns=["Timestamp", "Total Request Count", "99%"])
     history = pd.read_csv(path, on_bad_lines="skip", dtype=str)
@@ -250,7 +250,7 @@ def _soak(folder: Path, window: tuple[float, float], recovery_s: float) -> dict[
     """A soak's load phase and its quiet recovery: the slope of each resource in each
     phase, and where it stood at the end of each, so a leak is a measured growth rate
     and recovery shows whether the resources come back."""
-    samples = pd.read_csv(folder / "connections.csv")
+    samples = pd.read_csv(store.raw(folder, "connections.csv"))
     phases = {"load": window, "recovery": (window[1], window[1] + recovery_s)}
     out: dict[str, Any] = {"load_s": window[1] - window[0], "recovery_s": recovery_s}
     for phase, span in phases.items():

@@ -196,7 +196,7 @@ def plan_resume(args: argparse.Namespace, given: list[str]) -> runner.RunPlan:
         knobs=manifest["pairs"],
         dsn=args.dsn,
         run_dir=run_dir,
-        write_top_report=store.in_results(run_dir),
+        write_top_report=store.feeds_top_report(run_dir),
         command=manifest.get("command", []),
         shuffle_seed=manifest.get("shuffle_seed"),
         resume=True,
@@ -224,7 +224,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not store.is_run_dir(run_dir):
         raise BenchError(f"{run_dir} is not a run folder (no manifest.json)")
     store.check_format(run_dir)
-    path = report.rebuild(run_dir, write_top_report=store.in_results(run_dir) and not args.no_top)
+    path = report.rebuild(run_dir, write_top_report=store.feeds_top_report(run_dir) and not args.no_top)
     print(f"report: {path}")
     return 0
 

@@ -525,6 +525,7 @@ def measure_sample(plan: RunPlan, db: Database, sample: Sample, progress: Progre
                 progress.say(f"WARNING: {meta['settled_connections']} backends still open after settling")
         except Exception as err:  # the database itself may be what failed
             meta["settle_error"] = database.first_line(err)
+        store.compress_raw(folder)
         store.write_json(folder / "sample.json", meta)
     record = analysis.summarize_sample(folder)
     if record["status"] == "ok":
@@ -561,6 +562,7 @@ def calibrate(plan: RunPlan, db: Database, progress: Progress) -> dict[str, Any]
     finally:
         if meta["status"] == "running":
             meta |= {"status": "failed", "error": "interrupted"}
+        store.compress_raw(folder)
         store.write_json(folder / "sample.json", meta)
     result = analysis.summarize_calibration(folder)
     if result.get("rps"):
@@ -653,6 +655,7 @@ def run(plan: RunPlan, db: Database | None = None) -> Path:
     else:
         manifest = store.new_manifest(plan.scenario.to_dict(), plan.knobs, plan.command)
         manifest["shuffle_seed"] = plan.shuffle_seed
+        manifest["writes_top_report"] = plan.write_top_report
     manifest |= {"status": "running", "finished": None}
     manifest["variants"] = {pair.name: [v.name for v in pair.variants] for pair in plan.pairs}
     order = sample_plan(plan)

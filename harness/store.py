@@ -15,9 +15,11 @@ results/<run-id>/
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from importlib import metadata
@@ -91,16 +93,20 @@ def check_format(run_dir: Path) -> None:
         )
 
 
+def feeds_top_report(run_dir: Path) -> bool:
+    """Whether the top-level REPORT.md may be built from this run: runs under results/
+    made without --out (a sweep or a soak written with --out has a report of its own)."""
+    if not run_dir.resolve().is_relative_to(RESULTS_DIR.resolve()):
+        return False
+    return bool(read_json(run_dir / "manifest.json").get("writes_top_report", True))
+
+
 def latest_run() -> Path:
-    runs = sorted((p for p in RESULTS_DIR.glob("*/") if is_run_dir(p)), key=lambda p: p.name)
+    """The newest run that feeds the top-level report."""
+    runs = sorted((p for p in RESULTS_DIR.glob("*/") if is_run_dir(p) and feeds_top_report(p)), key=lambda p: p.name)
     if not runs:
         raise BenchError(f"no runs under {RESULTS_DIR}; run `make bench` first")
     return runs[-1]
-
-
-def in_results(run_dir: Path) -> bool:
-    """Runs under results/ are the ones the top-level REPORT.md may be built from."""
-    return run_dir.resolve().is_relative_to(RESULTS_DIR.resolve())
 
 
 def read_phases(folder: Path) -> dict[str, float]:
@@ -109,6 +115,23 @@ def read_phases(folder: Path) -> dict[str, float]:
         return {key: float(value) for key, value in json.loads((folder / "phases.json").read_text()).items()}
     except (OSError, ValueError):
         return {}
+
+
+def raw(folder: Path, name: str) -> Path:
+    """A sample's raw file as stored: `name`, or `name.gz` once the sample is compressed."""
+    plain = folder / name
+    packed = folder / f"{name}.gz"
+    return packed if packed.is_file() and not plain.is_file() else plain
+
+
+def compress_raw(folder: Path) -> None:
+    """Gzip a finished sample's CSVs: the samples of a run with repeats add up, and the
+    readers (pandas) take .csv.gz as they are."""
+    for path in folder.glob("*.csv"):
+        packed = path.with_name(path.name + ".gz")
+        with open(path, "rb") as source, gzip.open(packed, "wb", compresslevel=9) as target:
+            shutil.copyfileobj(source, target)
+        path.unlink()
 
 
 def variant_dir(run_dir: Path, pair: str, variant: str) -> Path:

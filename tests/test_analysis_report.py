@@ -167,3 +167,11 @@ def test_sweep_points_share_the_zero_point_across_series() -> None:
     records[2]["status"] = "failed"
     points = charts.sweep_points(pair, records)
     assert {label: [x for x, _ in pts] for label, pts in points.items()} == {"a": [0, 5], "b": [0, 1]}
+
+
+def test_a_compressed_sample_reads_the_same(tmp_path: Path) -> None:
+    folder = write_variant(tmp_path, "deps", "sync-dep", "bad", requests=700, ping_ms=[3.0] * 30 + [90.0])
+    before = analysis.summarize_sample(folder)
+    store.compress_raw(folder)
+    assert not list(folder.glob("*.csv")) and list(folder.glob("*.csv.gz"))
+    assert analysis.summarize_sample(folder) == before

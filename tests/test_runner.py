@@ -61,7 +61,7 @@ def test_users_sweep_marks_the_primary_level_and_spares_pairs_that_fix_their_use
 def test_open_loop_and_soak_samples_only_where_pairs_declare_them() -> None:
     samples = runner.sample_plan(plan(None, ["deps", "sessions", "blocking"], open_loop=1, soak_s=30.0))
     opened = {(s.pair.name, s.rate) for s in samples if s.mode == "open"}
-    assert opened == {("deps", 60.0), ("blocking", 80.0)}  # blocking: 0.8 x 1000 / block_ms 10
+    assert opened == {("deps", 60.0), ("blocking", 40.0)}  # blocking: 0.8 x 1000 / block_ms 20
     assert {s.pair.name for s in samples if s.mode == "soak"} == {"sessions"}
     assert not any(s.primary for s in samples if s.mode != "closed")
     # --rate makes every sample open loop, and those decide.

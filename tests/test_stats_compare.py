@@ -152,3 +152,14 @@ def test_compare_warns_when_machines_or_versions_differ(tmp_path: Path) -> None:
 def test_compare_refuses_a_folder_without_a_summary(tmp_path: Path) -> None:
     with pytest.raises(BenchError, match="not a run folder"):
         compare.compare(tmp_path, tmp_path)
+
+
+def test_runs_written_with_out_never_feed_the_top_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "RESULTS_DIR", tmp_path)
+    default, sweep = tmp_path / "20260101-000000-default", tmp_path / "20260102-000000-sweep"
+    for run_dir, feeds in ((default, True), (sweep, False)):
+        write_manifest(run_dir, {})
+        manifest = store.read_json(run_dir / "manifest.json")
+        store.write_json(run_dir / "manifest.json", manifest | {"writes_top_report": feeds})
+    assert store.latest_run() == default
+    assert store.feeds_top_report(default) and not store.feeds_top_report(sweep)

@@ -120,7 +120,7 @@ PAIR = Pair(
             ("sync_def_item",),
         ),
     ),
-    knobs={"block_ms": 10},
+    knobs={"block_ms": 20},
     decide=decide,
     physics=ceilings,
     open_loop_rate=lambda knobs: OPEN_LOOP_SHARE * 1000 / knobs["block_ms"],

@@ -148,5 +148,6 @@ PAIR = Pair(
     ),
     decide=decide,
     order=90,
+    sweep_label="middleware layers",
     references=("starlette#1678", "starlette docs/middleware.md"),
 )

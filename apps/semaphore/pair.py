@@ -108,5 +108,5 @@ PAIR = Pair(
     order=151,
     # More concurrent requests than the embedded server admits for the app's role (97):
     # at 120 users on 2 cores, connection setup throttles itself and few attempts fail.
-    load={"users": 200},
+    load={"users": 200, "spawn_rate": 200},
 )
