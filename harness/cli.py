@@ -167,7 +167,8 @@ def plan_new(args: argparse.Namespace) -> runner.RunPlan:
         run_dir=run_dir,
         write_top_report=args.out is None,
         command=[redact(a) for a in sys.argv],
-        shuffle_seed=random.randrange(2**31) if args.shuffle else None,
+        # Repeats are always shuffled, so no variant always goes first; one pass only on request.
+        shuffle_seed=random.randrange(2**31) if args.shuffle or plan_scenario.repeats > 1 else None,
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from harness import runner
+from harness import cli, runner
 from harness.pairs import BenchError, select
 from harness.scenario import Scenario
 
@@ -74,3 +74,14 @@ def test_knobs_apply_only_to_pairs_that_have_them() -> None:
     assert knobs["blocking"] == {"block_ms": 20} and knobs["sessions"]["pool_size"] == 4 and knobs["deps"] == {}
     with pytest.raises(BenchError, match="greater than 0"):
         runner.resolve_knobs(select(None), ["block_ms=0"])
+
+
+def test_a_run_with_repeats_is_always_shuffled(tmp_path: Path) -> None:
+    def planned(*args: str) -> runner.RunPlan:
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        return cli.plan_new(cli.build_parser().parse_args(["run", "--pairs", "deps", "--out", str(out), *args]))
+
+    assert planned("--scenario", "quick").shuffle_seed is None
+    assert planned("--scenario", "quick", "--shuffle").shuffle_seed is not None
+    assert planned("--scenario", "quick", "--repeats", "2").shuffle_seed is not None
+    assert planned("--scenario", "default").shuffle_seed is not None
