@@ -33,6 +33,14 @@ def variant_colors(records: list[dict[str, Any]]) -> dict[str, str]:
     return colors
 
 
+def _save(fig: Any, title: str, out: Path) -> None:
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+
+
 def sample_folder(run_dir: Path, record: dict[str, Any]) -> Path:
     """The raw files a variant record's time series are drawn from: its first sample."""
     return run_dir / record["pair"] / record["variant"] / str(record.get("sample"))
@@ -115,11 +123,7 @@ def chart_pair(run_dir: Path, pair: Pair, records: list[dict[str, Any]], out: Pa
     axes[1][1].set_yscale("log")
     axes[2][0].set_yscale("symlog", linthresh=1.0)  # lag is often 0.0x ms: linear below 1 ms
     axes[2][1].set_ylim(bottom=0)
-    fig.suptitle(f"{pair.name}: {pair.claim}", fontsize=11)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
+    _save(fig, f"{pair.name}: {pair.claim}", out)
 
 
 def sweep_points(pair: Pair, records: list[dict[str, Any]]) -> dict[str, list[tuple[int, dict[str, Any]]]]:
@@ -158,11 +162,7 @@ def chart_sweep(pair: Pair, records: list[dict[str, Any]], out: Path) -> bool:
     for ax in (left, right):
         ax.set_xlabel(pair.sweep_label or "sweep")
         ax.legend(fontsize=8)
-    fig.suptitle(f"{pair.name}: {pair.claim}", fontsize=11)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
+    _save(fig, f"{pair.name}: {pair.claim}", out)
     return True
 
 
@@ -193,11 +193,7 @@ def chart_levels(pair: Pair, records: list[dict[str, Any]], p99_target_ms: float
         ax.set_xlabel("concurrent users")
         ax.legend(fontsize=8)
     left.set_ylim(bottom=0)
-    fig.suptitle(f"{pair.name}: users sweep", fontsize=11)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
+    _save(fig, f"{pair.name}: users sweep", out)
     return True
 
 
@@ -234,11 +230,7 @@ def chart_soak(run_dir: Path, pair: Pair, records: list[dict[str, Any]], out: Pa
         ax.set_xlabel("seconds since the measured load began")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{pair.name}: soak", fontsize=11)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
+    _save(fig, f"{pair.name}: soak", out)
     return True
 
 

@@ -67,7 +67,7 @@ def _load_generator(manifest: dict[str, Any], calibration: dict[str, Any]) -> st
     chosen = manifest.get("load_generator") or {}
     workers = chosen.get("workers", manifest["scenario"].get("locust_workers", 0))
     text = f"Locust {'with ' + str(workers) + ' worker processes' if workers else 'in one process'}"
-    if chosen.get("reason"):
+    if chosen.get("reason") and chosen["reason"] != "one process":
         text += f" ({chosen['reason']})"
     if calibration.get("rps"):
         text += (

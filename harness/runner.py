@@ -414,7 +414,7 @@ def read_counters(port: int, timeout_s: float = 5.0) -> dict[str, Any] | None:
         if current == last:
             return current
         last = current
-        time.sleep(0.5)
+        time.sleep(0.25)
     return last
 
 

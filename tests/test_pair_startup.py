@@ -61,6 +61,11 @@ def test_does_not_hold_when_the_startup_handler_never_ran() -> None:
     assert "status 503" in verdict.text
 
 
+def test_a_throughput_dip_within_noise_still_counts_as_working() -> None:
+    # A run measured 0.78x with identical request paths: noise, not a broken pool.
+    assert decide(rec(rps=2443, warnings=[WARNING]), rec(rps=3139)).outcome == "partly holds"
+
+
 def test_does_not_hold_when_it_serves_worse_or_fails() -> None:
     assert decide(rec(rps=1000, warnings=[WARNING]), rec(rps=2000)).outcome == "does not hold"
     assert decide(rec(failure_rate=0.2), rec()).outcome == "does not hold"

@@ -7,11 +7,12 @@ from typing import Any
 
 from harness.pairs import Pair, Records, Variant, Verdict, fmt, inconclusive, missing_variants, ratio
 
-# The on_event variant serves like the lifespan one when it fails at most this share of
-# requests more and serves at least this share of its throughput (the request path is
-# identical, so only noise should separate them).
+# The on_event variant works when it fails at most this share of requests more and serves
+# at least this share of the lifespan variant's throughput. The request path is identical,
+# and on 2 cores identical variants drift up to a quarter apart within one run, so the
+# bound catches a broken pool (every request slow or failing), not noise.
 MAX_EXTRA_FAILURE_RATE = 0.01
-MIN_RPS_SHARE = 0.8
+MIN_RPS_SHARE = 0.6
 
 
 def deprecations(record: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[str] | None:
