@@ -25,7 +25,7 @@ bench-sweep: $(STAMP)  ## users sweep with knees for the pairs where concurrency
 	$(PY) bench.py run --scenario sweep --pairs blocking,deps,pool --out results/$$(date +%Y%m%d-%H%M%S)-sweep $(ARGS)
 
 bench-soak: $(STAMP)  ## a long load and a quiet recovery for the leak pair
-	$(PY) bench.py run --scenario quick --pairs sessions --soak 120 --out results/$$(date +%Y%m%d-%H%M%S)-soak $(ARGS)
+	$(PY) bench.py run --scenario quick --pairs sessions --soak 60 --out results/$$(date +%Y%m%d-%H%M%S)-soak $(ARGS)
 
 report: $(STAMP)  ## re-render REPORT.md from the newest run (or RUN=results/<id>)
 	$(PY) bench.py report $(RUN)
