@@ -400,21 +400,28 @@ def run_load(
         raise BenchError("Locust wrote no statistics")
 
 
+# Counters count as drained once unchanged this long: longer than any teardown or
+# background task a pair declares (500 ms at most), which may still run after the load.
+COUNTERS_QUIET_S = 0.6
+
+
 def read_counters(port: int, timeout_s: float = 5.0) -> dict[str, Any] | None:
-    """The variant's own /counters once they stop changing: background work and
-    teardown may still run after the last response."""
+    """The variant's own /counters once they have stopped changing."""
     deadline = time.monotonic() + timeout_s
     last: dict[str, Any] | None = None
+    unchanged_since = time.monotonic()
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/counters", timeout=2) as resp:
                 current = json.loads(resp.read())
         except (OSError, ValueError):
             return last
-        if current == last:
+        now = time.monotonic()
+        if current != last:
+            last, unchanged_since = current, now
+        elif now - unchanged_since >= COUNTERS_QUIET_S:
             return current
-        last = current
-        time.sleep(0.25)
+        time.sleep(0.2)
     return last
 
 

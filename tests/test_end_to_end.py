@@ -3,6 +3,7 @@ event-loop physics of the blocking pair."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from harness import store
 from harness.database import Database
 from harness.pairs import ROOT, discover
 
@@ -63,7 +65,8 @@ def test_tiny_run_end_to_end(tmp_path: Path) -> None:
         assert record["requests"] > 0 and record["ping_samples"] > 0
         assert record["loop_lag_p99_ms"] is not None, "every variant records its event-loop lag"
         assert record["peak_connections"] is not None
-        rows = (out / pair / variant / record["sample"] / "connections.csv").read_text().splitlines()
+        connections = store.raw(out / pair / variant / record["sample"], "connections.csv")
+        rows = gzip.decompress(connections.read_bytes()).decode().splitlines()
         assert len(rows) > 3, "connection samples for the whole load"
         if record["role"] == "good":
             assert record["rps"] > 0 and record["failure_rate"] < 0.01
