@@ -127,6 +127,15 @@ class ManagedProcess(Service["ManagedProcess"]):
             time.sleep(0.1)
         raise BenchError(f"{self.name} not {what} within {timeout_s:g} s: {log_tail(self.log, 3)}")
 
+    def serve(self, ping_url: str, timeout_s: float) -> ManagedProcess:
+        """Start, then wait until `ping_url` answers 200; stopped again if it never does."""
+        with contextlib.ExitStack() as on_failure:
+            on_failure.callback(self.stop)
+            self.start()
+            self.wait_until(lambda: http_ok(ping_url), timeout_s, "answering /ping")
+            on_failure.pop_all()
+        return self
+
     def wait(self, timeout_s: float) -> int | None:
         assert self.proc is not None
         try:

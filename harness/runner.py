@@ -35,7 +35,6 @@ from harness.procs import (
     Interrupted,
     ManagedProcess,
     free_port,
-    http_ok,
     log_tail,
     machine_load_lock,
     python_bin,
@@ -138,11 +137,7 @@ def start_upstream(folder: Path, scenario: Scenario) -> tuple[ManagedProcess, st
         os.environ | {"PYTHONPATH": str(ROOT)},
         ROOT,
     )
-    with contextlib.ExitStack() as on_failure:
-        on_failure.callback(upstream.stop)
-        upstream.start()
-        upstream.wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/ping"), scenario.start_timeout_s, "answering")
-        on_failure.pop_all()
+    upstream.serve(f"http://127.0.0.1:{port}/ping", scenario.start_timeout_s)
     return upstream, f"http://127.0.0.1:{port}"
 
 
@@ -185,12 +180,7 @@ def _start_once(
         env,
         ROOT,
     )
-    with contextlib.ExitStack() as on_failure:
-        on_failure.callback(server.stop)
-        server.start()
-        server.wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/ping"), scenario.start_timeout_s, "answering /ping")
-        on_failure.pop_all()
-    return server
+    return server.serve(f"http://127.0.0.1:{port}/ping", scenario.start_timeout_s)
 
 
 def start_server(
