@@ -88,23 +88,53 @@ def empty_record(meta: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def read_tallies(folder: Path) -> list[dict[str, Any]]:
+    """What each load process (the single one, or each worker) measured after its
+    warm-up, as the locustfile writes it when the process stops."""
+    return [read_json(f) for f in sorted(folder.glob("tally-*.json"))]
+
+
 def measured_window(folder: Path) -> tuple[float, float] | None:
+    """From the end of the warm-up to the end of the last request. Workers finish their
+    last requests after the master has stopped, so their tallies can end later."""
     phases = store.read_phases(folder)
     if "measure_start" not in phases or "load_stop" not in phases:
         return None
-    return phases["measure_start"], phases["load_stop"]
+    stops = [t["stop"] for t in read_tallies(folder) if t.get("stop")]
+    return phases["measure_start"], max([phases["load_stop"], *stops])
 
 
 def _in_window(frame: pd.DataFrame, column: str, window: tuple[float, float]) -> pd.DataFrame:
     return frame[(frame[column] >= window[0]) & (frame[column] <= window[1])]
 
 
+def merge_tallies(tallies: list[dict[str, Any]]) -> dict[str, Any]:
+    """One total from the load processes' tallies: counts add up, the response-time
+    buckets add up, and percentiles come from the merged buckets the way Locust takes
+    them from its own."""
+    buckets: dict[float, int] = {}
+    for tally in tallies:
+        for ms, count in tally["response_times"].items():
+            buckets[float(ms)] = buckets.get(float(ms), 0) + int(count)
+    requests = sum(int(t["requests"]) for t in tallies)
+    tops = [float(t["max_ms"]) for t in tallies if t.get("max_ms") is not None]
+    return {
+        "requests": requests,
+        "failures": sum(int(t["failures"]) for t in tallies),
+        "percentiles_ms": {p: stats.bucket_percentile(buckets, requests, p) for p in (0.5, 0.95, 0.99)},
+        "max_ms": max(tops) if tops else None,
+        "errors": [e for t in tallies for e in t["errors"]],
+    }
+
+
 def _locust_totals(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
-    """Requests, failures and percentiles: from the final totals the locustfile writes
-    at exit, or from Locust's own CSV (up to a second stale) when they are missing."""
+    """Requests, failures and percentiles: merged from the load processes' tallies; in
+    runs stored before tallies, from the final totals or from Locust's own CSV (which
+    can miss the last second of requests)."""
+    tallies = read_tallies(folder)
     final_file = folder / "locust_final.json"
-    if final_file.is_file():
-        final = read_json(final_file)
+    if tallies or final_file.is_file():
+        final = merge_tallies(tallies) if tallies else read_json(final_file)
         requests, failures = int(final["requests"]), int(final["failures"])
         percentiles = {float(p): v for p, v in final["percentiles_ms"].items()}
         figures = [percentiles[0.5], percentiles[0.95], percentiles[0.99], final["max_ms"]]
@@ -277,6 +307,15 @@ def sample_flags(record: dict[str, Any]) -> list[str]:
     return flags
 
 
+def _tally_flags(folder: Path, meta: dict[str, Any]) -> list[str]:
+    """Each load process (the single one, or each worker) writes a tally; one that did
+    not took its requests with it."""
+    found, expected = len(read_tallies(folder)), max(1, int(meta.get("workers") or 0))
+    if found == 0 or found >= expected:  # none at all: a run stored before tallies
+        return []
+    return [f"{expected - found} of {expected} load processes wrote no tally: their requests are missing"]
+
+
 def summarize_sample(folder: Path) -> dict[str, Any]:
     """The record of one measurement, from its raw files."""
     meta = read_json(folder / "sample.json")
@@ -298,7 +337,7 @@ def summarize_sample(folder: Path) -> dict[str, Any]:
     record |= _schedule(folder, window, record["requests"])
     record["measured_s"] = round(window[1] - window[0], 2)
     record["rps_per_second"] = per_second_rps(folder, window)
-    record["flags"] = sample_flags(record)
+    record["flags"] = sample_flags(record) + _tally_flags(folder, meta)
     if meta.get("mode") == "soak":
         record["soak"] = _soak(folder, window, float(meta.get("recovery_s") or 0))
     return record

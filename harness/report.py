@@ -492,8 +492,10 @@ def render(run_dir: Path, write_top_report: bool) -> Path:
             "",
             "- Each sample (one measurement of one variant) runs in a fresh uvicorn process (one worker) on 127.0.0.1 "
             "and is verified (status and body against the database row) before any load. Locust users are "
-            "closed-loop with no wait time unless the table says open loop; statistics are reset when the warm-up "
-            "ends. Locust rounds percentiles above 100 ms to two significant figures.",
+            "closed-loop with no wait time unless the table says open loop. Each load process counts requests from "
+            "the end of the warm-up to its last request, and throughput is their total over that window; "
+            "percentiles come from the processes' merged response-time buckets, which Locust rounds to two "
+            "significant figures above 100 ms.",
             "- Repeats: a figure is the median over the variant's samples; the interval after it is a 95% percentile "
             f"bootstrap ({stats.RESAMPLES:,} resamples, fixed seed) over repeats when there are at least "
             f"{stats.MIN_REPEATS}, otherwise over the run's per-second throughput (then only req/s has one, and it "

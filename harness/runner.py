@@ -384,6 +384,11 @@ def run_load(
             progress.tick(f"{phase}  {max(0, run_time - elapsed):3.0f} s left  {sampler.last_total} backends")
         if code != 0:
             raise BenchError(f"Locust exited with status {code}: {log_tail(folder / 'locust.log', 3)}")
+        # Locust's master quits before its workers have finished their last requests
+        # (up to the stop timeout); each worker writes its tally once they have.
+        for worker in locust.companions:
+            if worker.wait(scenario.request_timeout_s + 5) is None:
+                progress.say(f"{worker.name} did not quit after the master; stopping it")
     finally:
         locust.stop()
     if not (folder / "locust_stats.csv").is_file():
@@ -474,6 +479,7 @@ def measure_sample(plan: RunPlan, db: Database, sample: Sample, progress: Progre
         "rate": sample.rate,
         "repeat": sample.repeat,
         "primary": sample.primary,
+        "workers": scenario.locust_workers,
         "load_overrides": pair.load,
         "status": "running",
         "error": None,

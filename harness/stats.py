@@ -29,6 +29,21 @@ def median(values: Sequence[float | None]) -> float | None:
     return float(np.median(known)) if len(known) else None
 
 
+def bucket_percentile(buckets: dict[float, int], count: int, share: float) -> float | None:
+    """A percentile from response-time buckets (ms -> requests), taken as Locust takes
+    it: walking down from the slowest bucket until no more than `share` of the
+    requests are left."""
+    if not count:
+        return None
+    allowed = int(count * share)
+    processed = 0
+    for ms in sorted(buckets, reverse=True):
+        processed += buckets[ms]
+        if count - processed <= allowed:
+            return ms
+    return 0.0
+
+
 def bootstrap_ci(
     values: Sequence[float | None], statistic: Callable[..., np.ndarray] = np.median
 ) -> tuple[float, float] | None:

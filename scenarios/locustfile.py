@@ -8,9 +8,15 @@ counted from that time, so time spent waiting for a free user counts too. A requ
 sent more than LATE_MS after its due time is counted as late.
 
 Settings arrive as Locust options (`--bench-*`), which Locust's master also hands to its
-workers, so a distributed run measures exactly what a single process does. Statistics
-are reset when the warm-up ends, and the wall-clock times of start, end of warm-up and
-stop go to `--bench-phases` so the runner can cut its own samples to the same window.
+workers, so a distributed run measures exactly what a single process does. The
+wall-clock times of start, end of warm-up and stop go to `--bench-phases` so the runner
+can cut its own samples to the same window.
+
+Every process that sends requests (the single process, or each worker) keeps its own
+tally from the end of its warm-up to the end of its last request, and writes it as
+`tally-<pid>.json` when it stops. The runner merges them. A master's totals would not
+do: Locust's master quits 0.5 s after asking its workers to stop, while they may still
+be finishing requests for up to the stop timeout, so their last reports are lost.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 import gevent
 from locust import FastHttpUser, events, task
 from locust.runners import MasterRunner, WorkerRunner
-from locust.stats import StatsError
+from locust.stats import RequestStats, StatsError
 
 # A send later than this after its due time is "late": the generator could not keep up.
 LATE_MS = 10.0
@@ -54,12 +60,58 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+class Tally:
+    """What this process measured: Locust's own statistics, fed by the same request
+    events, so response times are bucketed and failures counted exactly as Locust does."""
+
+    def __init__(self) -> None:
+        self.stats = RequestStats()
+        self.start: float | None = None
+        self.stop: float | None = None
+
+    def reset(self) -> None:
+        self.stats.reset_all()
+        self.start, self.stop = time.time(), None
+
+    def on_request(
+        self, request_type: str, name: str, response_time: float, response_length: int, exception: Any = None, **_: Any
+    ) -> None:
+        if self.start is None:  # still in the warm-up
+            return
+        if exception:
+            self.stats.log_error(request_type, name, exception)
+        self.stats.log_request(request_type, name, response_time, response_length)
+
+    def as_dict(self, role: str) -> dict[str, Any]:
+        total = self.stats.total
+        return {
+            "role": role,
+            "start": self.start,
+            "stop": self.stop,
+            "requests": total.num_requests,
+            "failures": total.num_failures,
+            # Locust's buckets (ms, rounded as Locust rounds) and their counts: tallies
+            # merge by adding them, and percentiles come from the merged buckets.
+            "response_times": {str(ms): n for ms, n in total.response_times.items()},
+            "max_ms": total.max_response_time if total.num_requests else None,
+            "errors": [[StatsError.parse_error(e.error), e.occurrences] for e in self.stats.errors.values()],
+        }
+
+
+TALLY = Tally()
+
+
 def _reset_stats(environment: Any, msg: Any = None, **_: Any) -> None:
     environment.runner.stats.reset_all()
+    if not isinstance(environment.runner, MasterRunner):
+        TALLY.reset()
+        SCHEDULE.reset()
 
 
 @events.init.add_listener
 def on_init(environment: Any, **_: Any) -> None:
+    if not isinstance(environment.runner, MasterRunner):
+        environment.events.request.add_listener(TALLY.on_request)
     if isinstance(environment.runner, WorkerRunner):
         # Workers report what they measured every few seconds; the warm-up's requests
         # must be dropped where they are counted, not only on the master.
@@ -96,33 +148,17 @@ def on_test_stop(environment: Any, **_: Any) -> None:
     if _is_master_or_local(environment):
         phases["load_stop"] = time.time()
         _write_json(options.bench_phases, phases)
+    if isinstance(environment.runner, MasterRunner):
+        return
+    # test_stop fires once this process's users have finished their last requests.
+    folder = os.path.dirname(options.bench_phases)
+    if TALLY.start is not None:
+        TALLY.stop = time.time()
+        role = "worker" if isinstance(environment.runner, WorkerRunner) else "local"
+        _write_json(os.path.join(folder, f"tally-{os.getpid()}.json"), TALLY.as_dict(role))
     if SCHEDULE.due:
         # Each load process says how many requests were due and how many went out late.
-        folder = os.path.dirname(options.bench_phases)
         _write_json(os.path.join(folder, f"schedule-{os.getpid()}.json"), SCHEDULE.as_dict())
-
-
-@events.quitting.add_listener
-def on_quitting(environment: Any, **_: Any) -> None:
-    """The final totals, once every request has ended. Locust rewrites its CSV only once
-    a second and not at exit, so the CSV can miss the last second of requests."""
-    options = _options(environment)
-    if not options.bench_phases or not _is_master_or_local(environment):
-        return
-    stats = environment.runner.stats
-    total = stats.total
-    _write_json(
-        os.path.join(os.path.dirname(options.bench_phases), "locust_final.json"),
-        {
-            "requests": total.num_requests,
-            "failures": total.num_failures,
-            "percentiles_ms": {
-                str(p): total.get_response_time_percentile(p) if total.num_requests else None for p in (0.5, 0.95, 0.99)
-            },
-            "max_ms": total.max_response_time if total.num_requests else None,
-            "errors": [[StatsError.parse_error(e.error), e.occurrences] for e in stats.errors.values()],
-        },
-    )
 
 
 class Schedule:
@@ -137,6 +173,10 @@ class Schedule:
     def start(self, rate_per_s: float) -> None:
         if self.period_s == 0.0:
             self.period_s = 1.0 / rate_per_s
+
+    def reset(self) -> None:
+        """Count from the end of the warm-up, as the tally does; the schedule goes on."""
+        self.due = self.late = 0
 
     def take(self) -> float:
         """The next due time (time.perf_counter); the caller waits until then."""

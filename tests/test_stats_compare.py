@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,53 @@ def test_bootstrap_interval_contains_the_median_and_narrows_with_agreement() -> 
     assert narrow[1] - narrow[0] < wide[1] - wide[0]
     assert stats.bootstrap_ci([5.0]) is None and stats.bootstrap_ci([]) is None
     assert stats.bootstrap_ci([1.0, 2.0, 3.0]) == stats.bootstrap_ci([1.0, 2.0, 3.0]), "seeded: reproducible"
+
+
+def test_bucket_percentiles_are_taken_as_locust_takes_them() -> None:
+    rng = random.Random(7)
+    cases = []
+    for _ in range(20):
+        buckets = {rng.choice([1, 2, 5, 20, 90, 140, 990, 5800]) + 10 * i: rng.randint(1, 50) for i in range(12)}
+        cases.append({"buckets": buckets, "count": sum(buckets.values())})
+    ours = [[stats.bucket_percentile(dict(c["buckets"]), c["count"], p) for p in (0.5, 0.95, 0.99)] for c in cases]
+    # Locust's own function, in a process of its own: importing Locust patches gevent in.
+    script = (
+        "import json, sys\nfrom locust.stats import calculate_response_time_percentile as pct\n"
+        "cases = json.load(sys.stdin)\n"
+        "print(json.dumps([[pct({int(k): v for k, v in c['buckets'].items()}, c['count'], p)"
+        " for p in (0.5, 0.95, 0.99)] for c in cases]))"
+    )
+    locust = subprocess.run([sys.executable, "-c", script], input=json.dumps(cases), capture_output=True, text=True)
+    assert locust.returncode == 0, locust.stderr[-500:]
+    assert ours == [[float(v) for v in row] for row in json.loads(locust.stdout)]
+    assert stats.bucket_percentile({}, 0, 0.5) is None
+
+
+def _tally(start: float, stop: float, buckets: dict[int, int], failures: int = 0) -> dict[str, object]:
+    return {
+        "role": "worker", "start": start, "stop": stop, "requests": sum(buckets.values()), "failures": failures,
+        "response_times": {str(k): v for k, v in buckets.items()}, "max_ms": max(buckets),
+        "errors": [["LocustBadStatusCode(code=503)", failures]] if failures else [],
+    }  # fmt: skip
+
+
+def test_worker_tallies_add_up_and_the_window_runs_to_the_last_request(tmp_path: Path) -> None:
+    folder = write_variant(tmp_path, "p", "v", "good", requests=5, window=(1000.0, 1010.0))
+    meta = json.loads((folder / "sample.json").read_text())
+    (folder / "sample.json").write_text(json.dumps(meta | {"workers": 2}))
+    # The CSV says 5 requests; the workers' tallies say 300 + 200, the second ending 2 s
+    # after the master stopped, still finishing requests.
+    store.write_json(folder / "tally-11.json", _tally(1000.1, 1010.0, {10: 290, 100: 10}))
+    store.write_json(folder / "tally-12.json", _tally(1000.1, 1012.0, {10: 100, 30: 90, 5800: 10}, failures=4))
+    record = analysis.summarize_sample(folder)
+    assert record["requests"] == 500 and record["failures"] == 4
+    assert record["rps"] == pytest.approx(500 / 12) and record["measured_s"] == 12
+    # 500 requests: p50 and p95 fall in the 10 and 30 ms buckets; the slowest 10 put p99 at 5,800.
+    assert record["p50_ms"] == 10 and record["p95_ms"] == 30 and record["p99_ms"] == 5800 and record["max_ms"] == 5800
+    assert record["top_failures"] == [["LocustBadStatusCode(code=503)", 4]] and not record["flags"]
+    (folder / "tally-12.json").unlink()
+    missing = "1 of 2 load processes wrote no tally: their requests are missing"
+    assert analysis.summarize_sample(folder)["flags"] == [missing]
 
 
 def test_ratio_interval_and_significance() -> None:
