@@ -434,6 +434,43 @@ def _ledger(pairs: list[Pair], verdicts: dict[str, Any], manifest: dict[str, Any
     return [*lines, "", "Articles: " + "; ".join(f'{a.key} = "{a.title}"' for a in ARTICLES.values()) + ".", ""]
 
 
+def _companions(run_dir: Path, prefix_of: Callable[[Path], str]) -> list[str]:
+    """The newest users sweep and soak stored under results/, from their own folders:
+    one load level per variant cannot show a knee or a growth rate."""
+    found = store.latest_companions(run_dir)
+    if not found:
+        return []
+    lines = [
+        "## Sweeps and soaks",
+        "",
+        "This run measures one load level. The newest users sweep (`make bench-sweep`) and soak "
+        "(`make bench-soak`) stored under `results/` add what one level cannot show: where each variant's "
+        "throughput stops growing, and whether its resources grow under a steady load and come back after it. "
+        "Each comes from its own run, on the same machine; its full report is linked.",
+        "",
+    ]
+    for kind, (path, summary) in sorted(found.items(), reverse=True):
+        prefix = prefix_of(path)
+        manifest = store.read_json(path / "manifest.json")
+        title = "Users sweep" if kind == "sweep" else "Soak"
+        lines += [f"### {title}: run `{path.name}` ([report]({prefix}REPORT.md))", ""]
+        records: dict[str, list[dict[str, Any]]] = {}
+        for record in summary["variants"]:
+            records.setdefault(record["pair"], []).append(record)
+        for pair_name, pair_records in records.items():
+            if kind == "sweep":
+                table = _levels(pair_records, float(manifest["scenario"].get("p99_target_ms", 100)))
+            else:
+                table = _soak(pair_records)
+            if not table:
+                continue
+            chart = path / "charts" / f"{pair_name}-{'users' if kind == 'sweep' else 'soak'}.png"
+            lines += [f"**`{pair_name}`**", "", *table]
+            if chart.is_file():
+                lines += [f"![{pair_name} {kind}]({prefix}charts/{chart.name})", ""]
+    return lines
+
+
 def _claim_number(claim_id: str) -> int:
     digits = "".join(ch for ch in claim_id if ch.isdigit())
     return int(digits) if digits else 0
@@ -455,7 +492,10 @@ def render(run_dir: Path, write_top_report: bool) -> Path:
             continue
         drawn[pair.name] = charts.draw_pair(run_dir, pair, by_pair[pair.name], charts_dir, target_ms)
 
-    def document(chart_prefix: str) -> str:
+    def prefix_of(path: Path) -> str:
+        return f"{path.relative_to(ROOT)}/" if path.is_relative_to(ROOT) else f"{path}/"
+
+    def document(chart_prefix: str, top: bool = False) -> str:
         lines = [
             "# FastAPI patterns under load",
             "",
@@ -487,6 +527,8 @@ def render(run_dir: Path, write_top_report: bool) -> Path:
                 lines += _pair_section(
                     run_dir, pair, by_pair[pair.name], summary, manifest, [chart_prefix + c for c in drawn[pair.name]]
                 )
+        if top:
+            lines += _companions(run_dir, prefix_of)
         lines += [
             "## Method",
             "",
@@ -524,6 +566,5 @@ def render(run_dir: Path, write_top_report: bool) -> Path:
 
     (run_dir / "REPORT.md").write_text(document(""))
     if write_top_report:
-        prefix = f"{run_dir.relative_to(ROOT)}/" if run_dir.is_relative_to(ROOT) else f"{run_dir}/"
-        TOP_REPORT.write_text(document(prefix))
+        TOP_REPORT.write_text(document(prefix_of(run_dir), top=True))
     return run_dir / "REPORT.md"

@@ -101,6 +101,23 @@ def feeds_top_report(run_dir: Path) -> bool:
     return bool(read_json(run_dir / "manifest.json").get("writes_top_report", True))
 
 
+def latest_companions(exclude: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """The newest stored users sweep and the newest soak under results/ (runs with their
+    own reports), by kind, with their summaries: the top report shows them beside its run."""
+    found: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for path in sorted(RESULTS_DIR.glob("*/"), key=lambda p: p.name, reverse=True):
+        if path.resolve() == exclude.resolve() or not is_run_dir(path) or feeds_top_report(path):
+            continue
+        try:
+            summary = read_json(path / "summary.json")
+        except (OSError, ValueError):
+            continue
+        for kind, key in (("sweep", "levels"), ("soak", "soak")):
+            if kind not in found and any(r.get(key) for r in summary.get("variants", [])):
+                found[kind] = (path, summary)
+    return found
+
+
 def latest_run() -> Path:
     """The newest run that feeds the top-level report."""
     runs = sorted((p for p in RESULTS_DIR.glob("*/") if is_run_dir(p) and feeds_top_report(p)), key=lambda p: p.name)

@@ -175,3 +175,30 @@ def test_a_compressed_sample_reads_the_same(tmp_path: Path) -> None:
     store.compress_raw(folder)
     assert not list(folder.glob("*.csv")) and list(folder.glob("*.csv.gz"))
     assert analysis.summarize_sample(folder) == before
+
+
+def test_top_report_shows_the_newest_sweep_and_soak_beside_its_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = tmp_path / "results"
+    monkeypatch.setattr(store, "RESULTS_DIR", results)
+    monkeypatch.setattr(report, "TOP_REPORT", tmp_path / "REPORT.md")
+    results.mkdir()
+    default = fixture_run(tmp_path).rename(results / "20260103-000000-default")
+    for name, users in (("20260101-000000-sweep", (1, 50)), ("20260102-000000-sweep", (1, 10))):
+        sweep = results / name
+        write_manifest(sweep, {"blocking": {"block_ms": 10}})
+        store.write_json(
+            sweep / "manifest.json", store.read_json(sweep / "manifest.json") | {"writes_top_report": False}
+        )
+        for u in users:
+            for variant, role, rps in (("async-blocking", "bad", 95), ("async-to-thread", "good", 40 * u)):
+                write_variant(sweep, "blocking", variant, role, requests=rps * 10, users=u, primary=u == users[-1])
+        report.rebuild(sweep, write_top_report=False)
+    report.rebuild(default, write_top_report=True)
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "## Sweeps and soaks" in text and "### Users sweep: run `20260102-000000-sweep`" in text
+    assert "20260101-000000-sweep" not in text, "only the newest sweep"
+    assert "| `async-to-thread` | 40 (40) | 400 (40) |" in text and "### Soak" not in text
+    # A run's own report never carries the section.
+    assert "## Sweeps and soaks" not in (default / "REPORT.md").read_text()

@@ -42,9 +42,16 @@ def speedup(new: Mapping[str, Any], old: Mapping[str, Any]) -> tuple[float | Non
     return (rps_ratio if cpu_saving is None else cpu_saving), rps_ratio
 
 
+def cpu_change(saving: float | None) -> str:
+    """A CPU saving (old / new) in words: "1.56x less", or "1.23x more" below 1."""
+    if saving is None or saving >= 1:
+        return f"{fmt(saving, 'x')} less"
+    return f"{fmt(1 / saving, 'x')} more"
+
+
 def compared(what: str, than: str, saving: float | None, rps_ratio: float | None, new: Any, old: Any) -> str:
     says = (
-        f"{what} needed {fmt(saving, 'x')} less server CPU per request than {than} "
+        f"{what} needed {cpu_change(saving)} server CPU per request than {than} "
         f"({fmt(cpu_ms_per_request(new), 'ms', 2)} vs {fmt(cpu_ms_per_request(old), 'ms', 2)}) "
         f"and served {fmt(rps_ratio, 'x')} its throughput ({fmt(new['rps'], 'req/s')} vs {fmt(old['rps'], 'req/s')})"
     )
@@ -85,15 +92,15 @@ def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:
     )
     orjson_says = (
         compared("ORJSONResponse", "the `list[Item]` return type", orjson_saving, orjson_rps_ratio, orjson, model)
-        + f"; against plain dicts ORJSONResponse needed {fmt(figures['orjson_vs_dict_cpu_saving'], 'x')} less and "
-        f"the return type {fmt(figures['model_vs_dict_cpu_saving'], 'x')} less"
+        + f"; against plain dicts ORJSONResponse needed {cpu_change(figures['orjson_vs_dict_cpu_saving'])} and "
+        f"the return type {cpu_change(figures['model_vs_dict_cpu_saving'])}"
     )
     warning_says = (
         " FastAPI warned that ORJSONResponse is deprecated." if warned else " No deprecation warning was recorded."
     )
     headline = (
-        f"CPU per request: uvloop+httptools {fmt(server_saving, 'x')} less; "
-        f"ORJSONResponse {fmt(orjson_saving, 'x')} less than a response model"
+        f"CPU per request: uvloop+httptools {cpu_change(server_saving)}; "
+        f"ORJSONResponse {cpu_change(orjson_saving)} than a response model"
     )
     outcome: Outcome
     if server_faster and orjson_faster:
