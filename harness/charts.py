@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+from PIL import Image
 
 from harness import analysis, store
 from harness.pairs import Pair
@@ -39,6 +40,11 @@ def _save(fig: Any, title: str, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)
+    # 256 colours hold every line and label of these charts at under half the bytes:
+    # charts are committed with each run.
+    with Image.open(out) as image:
+        small = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    small.save(out, optimize=True)
 
 
 def sample_folder(run_dir: Path, record: dict[str, Any]) -> Path:
@@ -55,7 +61,9 @@ def _series(run_dir: Path, record: dict[str, Any], name: str, column: str) -> pd
     frame = pd.read_csv(path)
     if frame.empty:
         return None
+    # Probes are written as they return, not in the order they were due.
     frame["t"] = frame[column] - start
+    frame = frame.sort_values("t")
     if len(frame) > 300:  # 10 ms loop-lag ticks: the worst per 100 ms keeps every stall visible
         frame = frame.groupby((frame["t"] // 0.1).astype(int)).max(numeric_only=True)
     if "lag_ms" in frame:  # a timer can fire a fraction of a millisecond early: that is no lag
@@ -119,10 +127,12 @@ def chart_pair(run_dir: Path, pair: Pair, records: list[dict[str, Any]], out: Pa
         ax.set_title(title)
         ax.set_xlabel("seconds since load start")
         ax.legend(fontsize=8)
-    axes[1][0].set_ylim(bottom=0)  # a count: a flat line must not be zoomed into noise
+    # Counts and memory from zero, so a flat line is not zoomed into noise, with room
+    # above the highest line so it does not hide in the frame.
+    for ax in (axes[0][0], axes[1][0], axes[2][1]):
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.08 or 1)
     axes[1][1].set_yscale("log")
     axes[2][0].set_yscale("symlog", linthresh=1.0)  # lag is often 0.0x ms: linear below 1 ms
-    axes[2][1].set_ylim(bottom=0)
     _save(fig, f"{pair.name}: {pair.claim}", out)
 
 
