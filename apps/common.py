@@ -14,8 +14,8 @@ import json
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio.to_thread
@@ -52,11 +52,16 @@ ITEM_SQL_ASYNCPG = "SELECT id, name, price_cents FROM bench_items WHERE id = $1"
 ITEM_SQL_PSYCOPG = "SELECT id, name, price_cents FROM bench_items WHERE id = %s"
 
 
-def computed_item(item_id: int) -> Item:
+def computed_row(item_id: int) -> dict[str, Any]:
     """The seeded row for `item_id`, computed instead of queried (harness.database seeds
     name 'item-<id>' and price (id * 7919) % 100000): for routes that must not touch the
     database, yet still pass the same verification."""
-    return Item(id=item_id, name=f"item-{item_id}", price_cents=(item_id * 7919) % 100_000)
+    return {"id": item_id, "name": f"item-{item_id}", "price_cents": (item_id * 7919) % 100_000}
+
+
+def computed_item(item_id: int) -> Item:
+    """`computed_row` as the row model."""
+    return Item(**computed_row(item_id))
 
 
 # What a variant's own code observed (calls, cleanups, order of events), served at
@@ -86,6 +91,23 @@ def fetch_item_psycopg(conn: Any, item_id: int) -> Item:
     with conn.cursor() as cur:
         cur.execute(ITEM_SQL_PSYCOPG, (item_id,))
         return item_or_404(cur.fetchone())
+
+
+def pool_lifespan(default_size: int) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """A lifespan that opens an asyncpg pool of exactly `pool_size` connections (the knob,
+    else `default_size`) before the load, as app.state.pool, and closes it after: for
+    pairs where the pool is plumbing, not the pattern measured."""
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        import asyncpg  # only the apps that pool pay for the import
+
+        size = knob("pool_size", default_size)
+        async with asyncpg.create_pool(dsn(), min_size=size, max_size=size) as pool:
+            app.state.pool = pool
+            yield
+
+    return lifespan
 
 
 async def fetch_item_asyncpg(conn: Any, item_id: int) -> Item:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from harness import stats, store
 from harness.pairs import Pair, Verdict
+from harness.scenario import P99_TARGET_MS
 from harness.store import read_json
 
 # Measured inside the variant's server by apps.common's loop monitor.
@@ -57,6 +58,7 @@ RECORD_FIELDS = [
     "measured_s",
     "users",
     "top_failures",
+    "failure_kinds",
     "counters",
     "warnings",
     "generator_cpu_pct",
@@ -94,13 +96,13 @@ def read_tallies(folder: Path) -> list[dict[str, Any]]:
     return [read_json(f) for f in sorted(folder.glob("tally-*.json"))]
 
 
-def measured_window(folder: Path) -> tuple[float, float] | None:
+def measured_window(folder: Path, tallies: list[dict[str, Any]]) -> tuple[float, float] | None:
     """From the end of the warm-up to the end of the last request. Workers finish their
     last requests after the master has stopped, so their tallies can end later."""
     phases = store.read_phases(folder)
     if "measure_start" not in phases or "load_stop" not in phases:
         return None
-    stops = [t["stop"] for t in read_tallies(folder) if t.get("stop")]
+    stops = [t["stop"] for t in tallies if t.get("stop")]
     return phases["measure_start"], max([phases["load_stop"], *stops])
 
 
@@ -127,11 +129,10 @@ def merge_tallies(tallies: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _locust_totals(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
+def _locust_totals(folder: Path, window: tuple[float, float], tallies: list[dict[str, Any]]) -> dict[str, Any]:
     """Requests, failures and percentiles: merged from the load processes' tallies; in
     runs stored before tallies, from the final totals or from Locust's own CSV (which
     can miss the last second of requests)."""
-    tallies = read_tallies(folder)
     final_file = folder / "locust_final.json"
     if tallies or final_file.is_file():
         final = merge_tallies(tallies) if tallies else read_json(final_file)
@@ -159,13 +160,15 @@ def _locust_totals(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
         "p99_ms": p99,
         "max_ms": top,
         "top_failures": [],
+        "failure_kinds": [],
     }
     if not errors.empty:
         # Locust keys failures by message, and messages carry the random URL:
         # group them by what went wrong instead.
         errors["Error"] = errors["Error"].astype(str).map(failure_kind)
-        counts = errors.groupby("Error")["Occurrences"].sum().sort_values(ascending=False).head(3)
-        out["top_failures"] = [[str(e), int(n)] for e, n in counts.items()]
+        counts = errors.groupby("Error")["Occurrences"].sum().sort_values(ascending=False)
+        out["failure_kinds"] = [[str(e), int(n)] for e, n in counts.items()]
+        out["top_failures"] = out["failure_kinds"][:3]
     return out
 
 
@@ -268,11 +271,11 @@ def per_second_rps(folder: Path, window: tuple[float, float]) -> list[float]:
 
 def _schedule(folder: Path, window: tuple[float, float], requests: int) -> dict[str, Any]:
     """Open loop: the rate achieved and the share of sends that left late."""
-    files = sorted(folder.glob("schedule-*.json"))
-    if not files:
+    schedules = [read_json(f) for f in sorted(folder.glob("schedule-*.json"))]
+    if not schedules:
         return {}
-    due = sum(read_json(f)["due"] for f in files)
-    late = sum(read_json(f)["late"] for f in files)
+    due = sum(s["due"] for s in schedules)
+    late = sum(s["late"] for s in schedules)
     return {"achieved_rps": requests / (window[1] - window[0]), "late_share": late / due if due else 0.0}
 
 
@@ -307,10 +310,10 @@ def sample_flags(record: dict[str, Any]) -> list[str]:
     return flags
 
 
-def _tally_flags(folder: Path, meta: dict[str, Any]) -> list[str]:
+def _tally_flags(tallies: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
     """Each load process (the single one, or each worker) writes a tally; one that did
     not took its requests with it."""
-    found, expected = len(read_tallies(folder)), max(1, int(meta.get("workers") or 0))
+    found, expected = len(tallies), max(1, int(meta.get("workers") or 0))
     if found == 0 or found >= expected:  # none at all: a run stored before tallies
         return []
     return [f"{expected - found} of {expected} load processes wrote no tally: their requests are missing"]
@@ -326,18 +329,19 @@ def summarize_sample(folder: Path) -> dict[str, Any]:
     record["warnings"] = meta.get("warnings") or []
     if meta.get("status") != "ok":
         return record
-    window = measured_window(folder)
+    tallies = read_tallies(folder)
+    window = measured_window(folder, tallies)
     if window is None:
         record |= {"status": "failed", "error": meta.get("error") or "load never reached its measured phase"}
         return record
-    record |= _locust_totals(folder, window)
+    record |= _locust_totals(folder, window, tallies)
     record |= _probe(folder, window)
     record |= _connections(folder, window)
     record |= _loop_lag(folder, window)
     record |= _schedule(folder, window, record["requests"])
     record["measured_s"] = round(window[1] - window[0], 2)
     record["rps_per_second"] = per_second_rps(folder, window)
-    record["flags"] = sample_flags(record) + _tally_flags(folder, meta)
+    record["flags"] = sample_flags(record) + _tally_flags(tallies, meta)
     if meta.get("mode") == "soak":
         record["soak"] = _soak(folder, window, float(meta.get("recovery_s") or 0))
     return record
@@ -350,10 +354,12 @@ def summarize_calibration(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     result: dict[str, Any] = {"status": meta.get("status"), "users": meta.get("users"), "workers": meta.get("workers")}
-    window = measured_window(folder)
+    tallies = read_tallies(folder)
+    window = measured_window(folder, tallies)
     if meta.get("status") != "ok" or window is None:
         return result | {"error": meta.get("error")}
-    result |= {k: v for k, v in _locust_totals(folder, window).items() if k in ("rps", "failure_rate", "p99_ms")}
+    totals = _locust_totals(folder, window, tallies)
+    result |= {k: v for k, v in totals.items() if k in ("rps", "failure_rate", "p99_ms")}
     usage = _connections(folder, window)
     result |= {"generator_cpu_pct": usage["generator_cpu_pct"], "server_cpu_pct": usage["server_cpu_pct"]}
     return result
@@ -375,11 +381,12 @@ def _sum_counters(records: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _merge_failures(records: list[dict[str, Any]]) -> list[list[Any]]:
+    """Every kind of failure over the samples, most frequent first."""
     counts: dict[str, int] = {}
     for record in records:
-        for kind, number in record.get("top_failures") or []:
+        for kind, number in record.get("failure_kinds") or record.get("top_failures") or []:
             counts[kind] = counts.get(kind, 0) + number
-    return [[kind, n] for kind, n in sorted(counts.items(), key=lambda item: -item[1])[:3]]
+    return [[kind, n] for kind, n in sorted(counts.items(), key=lambda item: -item[1])]
 
 
 # How each field of the variant record comes from its samples.
@@ -417,7 +424,8 @@ def combine(records: list[dict[str, Any]]) -> dict[str, Any]:
         elif numbers and key not in ("users", "baseline_connections"):  # these stay as the first sample's
             out[key] = stats.median(numbers)
     out["failure_rate"] = out["failures"] / out["requests"] if out["requests"] else 0.0
-    out["top_failures"] = _merge_failures(ok)
+    out["failure_kinds"] = _merge_failures(ok)
+    out["top_failures"] = out["failure_kinds"][:3]
     out["counters"] = _sum_counters(ok)
     out["warnings"] = list(dict.fromkeys(w for r in records for w in r.get("warnings") or []))
     out["flags"] = list(dict.fromkeys(f for r in ok for f in r.get("flags") or []))
@@ -524,16 +532,21 @@ def comparisons(records: list[dict[str, Any]], pairs: list[Pair]) -> list[dict[s
                 continue
             row: dict[str, Any] = {"pair": pair.name, "variant": variant.name, "baseline": good}
             for figure in ("rps", "p99_ms"):
-                this, base = mine[variant.name], mine[good]
-                ratio = this[figure] / base[figure] if this[figure] is not None and base[figure] else None
-                overlapping = stats.overlap((this.get("ci") or {}).get(figure), (base.get("ci") or {}).get(figure))
-                row[figure] = {
-                    "ratio": ratio,
-                    "ci": stats.ratio_ci(this["values"][figure], base["values"][figure]),
-                    "significant": None if overlapping is None else not overlapping,
-                }
+                row[figure] = ratio_of(mine[variant.name], mine[good], figure)
             out.append(row)
     return out
+
+
+def ratio_of(this: dict[str, Any], base: dict[str, Any], figure: str) -> dict[str, Any]:
+    """One figure of two variant records as a ratio (this / base), its interval from
+    both records' repeats, and whether it is significant (None: no intervals to tell)."""
+    ratio = this[figure] / base[figure] if this[figure] is not None and base[figure] else None
+    overlapping = stats.overlap((this.get("ci") or {}).get(figure), (base.get("ci") or {}).get(figure))
+    return {
+        "ratio": ratio,
+        "ci": stats.ratio_ci(this["values"][figure], base["values"][figure]),
+        "significant": None if overlapping is None else not overlapping,
+    }
 
 
 def write_summary(
@@ -545,7 +558,7 @@ def write_summary(
 ) -> None:
     """summary.json: every sample, each variant's combined record (in declared order,
     whatever order they ran in), each pair's verdict and the good/bad comparisons."""
-    records = variant_records(samples, pairs, float(scenario.get("p99_target_ms", 100.0)))
+    records = variant_records(samples, pairs, float(scenario.get("p99_target_ms", P99_TARGET_MS)))
     found = verdicts(records, pairs, knobs)
     store.write_json(
         run_dir / "summary.json",

@@ -24,34 +24,36 @@ class _Parser(argparse.ArgumentParser):
         raise BenchError(message)
 
 
-def _positive_float(text: str) -> float:
+def _positive_float(text: str, what: str = "a number") -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
     return value
 
 
-def _positive_int(text: str) -> int:
+def _seconds(text: str) -> float:
+    return _positive_float(text, "a number of seconds")
+
+
+def _whole_number(text: str, minimum: int, rule: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1, "greater than 0")
 
 
 def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
-    return value
+    return _whole_number(text, 0, "0 or more")
 
 
 def _users(text: str) -> tuple[int, ...]:
@@ -73,10 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--users", type=_users, help="concurrent Locust users, or a sweep like 1,10,50,100 (overrides the scenario)"
     )
-    run.add_argument("--duration", type=_positive_float, help="measured seconds per sample (overrides the scenario)")
+    run.add_argument("--duration", type=_seconds, help="measured seconds per sample (overrides the scenario)")
     run.add_argument("--repeats", type=_positive_int, help="samples per variant, each in a fresh server")
     run.add_argument("--rate", type=_positive_float, help="open loop: requests per second, on a fixed schedule")
-    run.add_argument("--soak", type=_positive_float, metavar="SECONDS", help="a soak of this length for leak pairs")
+    run.add_argument("--soak", type=_seconds, metavar="SECONDS", help="a soak of this length for leak pairs")
     run.add_argument(
         "--locust-workers", type=_non_negative_int, help="Locust's distributed mode with N worker processes"
     )

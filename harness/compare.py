@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import stats, store
+from harness import analysis, stats, store
 from harness.pairs import BenchError
 
 # Figure, how it reads, and whether more is better.
@@ -26,7 +26,7 @@ class Change:
     b: float
     ratio: float  # b / a
     ci: tuple[float, float] | None
-    word: str  # "faster", "slower", "not significant", or "... (no interval)"
+    word: str  # "faster", "slower", "unchanged", "not significant", or "... (no interval)"
     regression_pct: float  # how much worse B is, in percent (negative: better)
 
 
@@ -54,19 +54,16 @@ def differences(a_dir: Path, b_dir: Path) -> list[str]:
     return found
 
 
-def _judge(a: dict[str, Any], b: dict[str, Any], figure: str, higher_is_better: bool) -> tuple[Any, str, float]:
-    ratio = b[figure] / a[figure]
-    a_ci, b_ci = ((r.get("ci") or {}).get(figure) for r in (a, b))
-    ci = stats.ratio_ci(b["values"][figure], a["values"][figure])
-    better = ratio > 1 if higher_is_better else ratio < 1
-    word = "faster" if better else "slower"
-    overlapping = stats.overlap(a_ci, b_ci)
-    if overlapping is None:
+def _judge(a: dict[str, Any], b: dict[str, Any], figure: str, label: str, higher_is_better: bool) -> Change:
+    judged = analysis.ratio_of(b, a, figure)
+    ratio = judged["ratio"]
+    word = "unchanged" if ratio == 1 else "faster" if (ratio > 1) == higher_is_better else "slower"
+    if judged["significant"] is None:
         word += " (no interval)"
-    elif overlapping:
+    elif not judged["significant"]:
         word = "not significant"
     worse_pct = (1 - ratio) * 100 if higher_is_better else (ratio - 1) * 100
-    return ci, word, worse_pct
+    return Change(a["pair"], a["variant"], figure, label, a[figure], b[figure], ratio, judged["ci"], word, worse_pct)
 
 
 def compare(a_dir: Path, b_dir: Path) -> list[Change]:
@@ -78,9 +75,7 @@ def compare(a_dir: Path, b_dir: Path) -> list[Change]:
         for figure, label, higher_is_better in FIGURES:
             if not a.get(figure) or b.get(figure) is None:
                 continue
-            ci, word, worse_pct = _judge(a, b, figure, higher_is_better)
-            ratio = b[figure] / a[figure]
-            changes.append(Change(*key, figure, label, a[figure], b[figure], ratio, ci, word, worse_pct))
+            changes.append(_judge(a, b, figure, label, higher_is_better))
     if not changes:
         raise BenchError(f"{a_dir} and {b_dir} have no measured variant in common")
     return changes
@@ -93,7 +88,7 @@ def regressions(changes: list[Change], threshold_pct: float) -> list[Change]:
 
 def render(changes: list[Change], notes: list[str]) -> str:
     lines = [f"warning: the runs differ: {note}" for note in notes]
-    header = ("variant", "figure", "A", "B", "B/A", "95% interval", "")
+    header = ("variant", "figure", "A", "B", "B/A", f"{100 * stats.CONFIDENCE:g}% interval", "")
     rows = [
         (
             f"{c.pair}/{c.variant}",

@@ -10,7 +10,6 @@ as the wheel's own system user.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import secrets
@@ -26,7 +25,7 @@ from urllib.parse import quote
 import psycopg2
 
 from harness.pairs import BenchError
-from harness.procs import Service, free_port, log_tail
+from harness.procs import Service, free_port, log_tail, note_holder, try_lock
 
 # Connections the harness opens itself carry this name, so they are never counted.
 HARNESS_APP_NAME = "fastapi-bench-harness"
@@ -198,21 +197,14 @@ class EmbeddedPostgres(Service[Database]):
         """Only one run at a time may own the data directory: starting would stop a server
         another live run is using (a stale one, left by a killed run, has no owner)."""
         self._in_use = open(self.home / "in-use.lock", "a+")  # noqa: SIM115 - held until stop()
-        try:
-            fcntl.flock(self._in_use, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._in_use.seek(0)
-            owner = self._in_use.read().strip() or "another process"
+        if (owner := try_lock(self._in_use)) is not None:
             self._in_use.close()
             self._in_use = None
             raise BenchError(
                 f"the embedded PostgreSQL in {self.home} is in use by another run ({owner}); "
                 "wait for it, or set BENCH_PG_HOME to another folder"
-            ) from None
-        self._in_use.seek(0)
-        self._in_use.truncate()
-        self._in_use.write(f"pid {os.getpid()}")
-        self._in_use.flush()
+            )
+        note_holder(self._in_use, f"pid {os.getpid()}")
 
     # --- PostgreSQL's own tools, run as the right system user ------------------------
     def _bin(self, name: str) -> str:

@@ -193,6 +193,38 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
+def counter_ratio(record: Mapping[str, Any], numerator: str, denominator: str) -> float | None:
+    """One of a variant's own /counters divided by another (None when either is missing)."""
+    counters = record.get("counters") or {}
+    return ratio(counters.get(numerator), counters.get(denominator))
+
+
+def cpu_ms_per_request(record: Mapping[str, Any]) -> float | None:
+    """Server CPU time per request in ms (CPU % of one core / req/s): the server's own
+    work, which neither a busy machine nor a saturated load generator changes much."""
+    share = ratio(record.get("server_cpu_pct"), record["rps"])
+    return None if share is None else share * 10
+
+
+# anyio's default limit on worker threads for `def` endpoints and sync dependencies.
+ANYIO_TOKENS = 40
+# A variant stalls the event loop when its loop lag p99 (measured inside the server) is
+# at least this many times the baseline variant's, and this many milliseconds above it.
+STALL_FACTOR = 3.0
+STALL_MIN_MS = 20.0
+
+
+def loop_lag(record: Mapping[str, Any]) -> float:
+    """Loop lag p99, or the /ping p99 for runs made before the server measured its lag."""
+    lag = record.get("loop_lag_p99_ms")
+    return float(lag if lag is not None else record["ping_p99_ms"])
+
+
+def stalls_loop(record: Mapping[str, Any], baseline: Mapping[str, Any]) -> bool:
+    lag, base = loop_lag(record), loop_lag(baseline)
+    return lag >= STALL_FACTOR * base and lag - base >= STALL_MIN_MS
+
+
 def missing_variants(records: Records, names: list[str]) -> list[str]:
     """Variants a verdict needs that have no usable measurement in this run."""
     return [name for name in names if name not in records or records[name].get("status") != "ok"]

@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Generic, TypeVar
+from typing import IO, Generic, TypeVar
 
 from harness.pairs import BenchError
 
@@ -178,6 +178,25 @@ def http_ok(url: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
+def try_lock(handle: IO[str]) -> str | None:
+    """Take an exclusive lock on an open file without waiting: None once taken, else
+    what the holder wrote there (see `note_holder`)."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        return handle.read().strip() or "another process"
+    return None
+
+
+def note_holder(handle: IO[str], text: str) -> None:
+    """Say in a locked file who holds it, for whoever finds it taken."""
+    handle.seek(0)
+    handle.truncate()
+    handle.write(text)
+    handle.flush()
+
+
 # One load test at a time per machine: two runs sharing the cores measure each other.
 LOAD_LOCK = Path(tempfile.gettempdir()) / "fastapi-pattern-bench-load.lock"
 
@@ -186,16 +205,10 @@ LOAD_LOCK = Path(tempfile.gettempdir()) / "fastapi-pattern-bench-load.lock"
 def machine_load_lock(say: Callable[[str], None]) -> Iterator[None]:
     """Hold the machine-wide load lock; wait (saying so) while another run holds it."""
     with open(LOAD_LOCK, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            say(f"waiting for another benchmark's load on this machine to finish ({handle.read().strip()})")
+        if (holder := try_lock(handle)) is not None:
+            say(f"waiting for another benchmark's load on this machine to finish ({holder})")
             fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}: {' '.join(sys.argv[:4])}")
-        handle.flush()
+        note_holder(handle, f"pid {os.getpid()}: {' '.join(sys.argv[:4])}")
         try:
             yield
         finally:

@@ -16,8 +16,14 @@ from typing import Any
 
 from harness import analysis, charts, stats, store
 from harness.pairs import ARTICLES, ROOT, Pair, discover
+from harness.scenario import P99_TARGET_MS
 
 TOP_REPORT = ROOT / "REPORT.md"
+
+
+def p99_target(manifest: dict[str, Any]) -> float:
+    """The run's p99 target for knees (runs stored before it was a setting: the default)."""
+    return float(manifest["scenario"].get("p99_target_ms", P99_TARGET_MS))
 
 
 def _num(value: Any, digits: int = 0) -> str:
@@ -195,8 +201,8 @@ def _comparisons(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     lines = [
-        "**Against the good variant** (ratio of medians, 95% bootstrap interval; not significant when the two "
-        "variants' intervals overlap):",
+        f"**Against the good variant** (ratio of medians, {100 * stats.CONFIDENCE:g}% bootstrap interval; "
+        "not significant when the two variants' intervals overlap):",
         "",
         "| variant | vs | throughput | p99 |",
         "|---|---|--:|--:|",
@@ -363,7 +369,7 @@ def _pair_section(
     lines += [*_table(records), "", *_table(records, RESOURCE_COLUMNS), ""]
     lines += _comparisons([row for row in summary.get("comparisons", []) if row["pair"] == pair.name])
     lines += _open_loop(records)
-    lines += _levels(records, float(manifest["scenario"].get("p99_target_ms", 100)))
+    lines += _levels(records, p99_target(manifest))
     lines += _soak(records)
     lines += _physics(physics_rows(pair, records, knobs, int(manifest["environment"]["cpu_count"] or 1)))
     lines += [f"![{pair.name} charts]({chart})" for chart in charts] + [""]
@@ -458,10 +464,7 @@ def _companions(run_dir: Path, prefix_of: Callable[[Path], str]) -> list[str]:
         for record in summary["variants"]:
             records.setdefault(record["pair"], []).append(record)
         for pair_name, pair_records in records.items():
-            if kind == "sweep":
-                table = _levels(pair_records, float(manifest["scenario"].get("p99_target_ms", 100)))
-            else:
-                table = _soak(pair_records)
+            table = _levels(pair_records, p99_target(manifest)) if kind == "sweep" else _soak(pair_records)
             if not table:
                 continue
             chart = path / "charts" / f"{pair_name}-{'users' if kind == 'sweep' else 'soak'}.png"
@@ -486,7 +489,7 @@ def render(run_dir: Path, write_top_report: bool) -> Path:
     charts_dir = run_dir / "charts"
     shutil.rmtree(charts_dir, ignore_errors=True)
     drawn: dict[str, list[str]] = {}
-    target_ms = float(manifest["scenario"].get("p99_target_ms", 100))
+    target_ms = p99_target(manifest)
     for pair in pairs:
         if pair.name not in by_pair:
             continue
@@ -538,7 +541,8 @@ def render(run_dir: Path, write_top_report: bool) -> Path:
             "the end of the warm-up to its last request, and throughput is their total over that window; "
             "percentiles come from the processes' merged response-time buckets, which Locust rounds to two "
             "significant figures above 100 ms.",
-            "- Repeats: a figure is the median over the variant's samples; the interval after it is a 95% percentile "
+            "- Repeats: a figure is the median over the variant's samples; the interval after it is a "
+            f"{100 * stats.CONFIDENCE:g}% percentile "
             f"bootstrap ({stats.RESAMPLES:,} resamples, fixed seed) over repeats when there are at least "
             f"{stats.MIN_REPEATS}, otherwise over the run's per-second throughput (then only req/s has one, and it "
             "says how steady one run was, not how much runs differ). ⚠ marks a figure whose standard deviation over "

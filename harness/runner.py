@@ -126,9 +126,9 @@ def _uvicorn(app: str, port: int, *extra: str) -> list[str]:
     return [python_bin(), "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), *extra]
 
 
-def start_upstream(folder: Path, scenario: Scenario) -> tuple[ManagedProcess, str]:
+def start_upstream(folder: Path, scenario: Scenario) -> tuple[ManagedProcess, int]:
     """The stub upstream (harness.upstream) on a free loopback port, answering /ping;
-    returns it and its base URL."""
+    returns it and its port."""
     port = free_port()
     upstream = ManagedProcess(
         "stub upstream",
@@ -138,7 +138,7 @@ def start_upstream(folder: Path, scenario: Scenario) -> tuple[ManagedProcess, st
         ROOT,
     )
     upstream.serve(f"http://127.0.0.1:{port}/ping", scenario.start_timeout_s)
-    return upstream, f"http://127.0.0.1:{port}"
+    return upstream, port
 
 
 def _start_once(
@@ -189,7 +189,8 @@ def start_server(
     """Start the variant's server on a free loopback port (and its stub upstream first,
     if the pair calls one; it stops with the server). Another process can take the
     port between the probe and uvicorn's bind; then try another one."""
-    upstream, upstream_url = start_upstream(folder, scenario) if pair.upstream else (None, "")
+    upstream, upstream_port = start_upstream(folder, scenario) if pair.upstream else (None, 0)
+    upstream_url = f"http://127.0.0.1:{upstream_port}" if upstream else ""
     try:
         for attempt in range(3):
             port = free_port()
@@ -393,6 +394,10 @@ def run_load(
         locust.stop()
     if not (folder / "locust_stats.csv").is_file():
         raise BenchError("Locust wrote no statistics")
+    # The totals are the load processes' tallies: one missing is requests missing.
+    tallies, expected = len(list(folder.glob("tally-*.json"))), max(1, scenario.locust_workers)
+    if "measure_start" in store.read_phases(folder) and tallies < expected:
+        raise BenchError(f"{expected - tallies} of {expected} Locust load processes wrote no tally")
 
 
 # Counters count as drained once unchanged this long: longer than any teardown or
@@ -550,9 +555,8 @@ def calibrate(plan: RunPlan, db: Database, progress: Progress) -> dict[str, Any]
     meta: dict[str, Any] = {"status": "running", "users": scenario.users, "workers": scenario.locust_workers}
     store.write_json(folder / "sample.json", meta)
     try:
-        upstream, url = start_upstream(folder, scenario)  # already started: stop it, do not re-enter
+        upstream, port = start_upstream(folder, scenario)  # already started: stop it, do not re-enter
         try:
-            port = int(url.rsplit(":", 1)[1])
             sampler = ConnectionSampler(db, upstream.pid, folder / "connections.csv", 0.5, db.server_pid)
             with machine_load_lock(progress.say), sampler:
                 run_load(port, "/ping", scenario, None, folder, progress, sampler, upstream)

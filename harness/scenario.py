@@ -12,6 +12,10 @@ from harness.pairs import ROOT, BenchError
 SCENARIOS_DIR = ROOT / "scenarios"
 
 
+# A sweep's knee by default: the most throughput with p99 under this many ms.
+P99_TARGET_MS = 100.0
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -30,7 +34,7 @@ class Scenario:
     levels: tuple[int, ...] = ()  # a users sweep, e.g. (1, 10, 50); () measures at `users` only
     rate: float = 0.0  # > 0: every measurement open-loop at this many requests per second
     open_loop: int = 0  # 1: also measure pairs that declare an open-loop rate, open-loop
-    p99_target_ms: float = 100.0  # a sweep's knee: the most throughput with p99 under this
+    p99_target_ms: float = P99_TARGET_MS  # a sweep's knee: the most throughput with p99 under this
     calibrate_s: float = 0.0  # > 0: first measure what the load generator can drive, this long
     soak_s: float = 0.0  # > 0: a soak measurement of this length for pairs that declare one
     locust_workers: int = 0  # > 0: Locust's distributed mode with this many worker processes

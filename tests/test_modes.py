@@ -113,3 +113,6 @@ def test_locust_workers_match_a_single_process_and_compare_reads_both(db: Databa
     assert "blocking/async-to-thread" in result.stdout and "locust_workers" in result.stdout
     failing = bench("compare", str(single_dir), str(workers_dir), "--fail-above", "0.0001")
     assert failing.returncode in (0, 1) and ("regression:" in failing.stderr) == (failing.returncode == 1)
+    # A run against itself has nothing worse, whatever the threshold.
+    same = bench("compare", str(single_dir), str(single_dir), "--fail-above", "0.0001")
+    assert same.returncode == 0 and "regression:" not in same.stderr, same.stderr

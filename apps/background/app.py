@@ -8,26 +8,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated
 
 import asyncpg
 from fastapi import BackgroundTasks, Depends, FastAPI, Path, Request
 
-from apps.common import Item, count, dsn, fetch_item_asyncpg, knob, probe_router
+from apps.common import Item, count, fetch_item_asyncpg, knob, pool_lifespan, probe_router
 
-
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    # More connections than users, so inline never waits for one. A held connection
-    # outlives its response, so the background variant can still run the pool dry.
-    size = knob("pool_size", 60)
-    app.state.pool = await asyncpg.create_pool(dsn(), min_size=size, max_size=size)
-    yield
-    await app.state.pool.close()
-
-
-app = FastAPI(title="background", lifespan=lifespan)
+# More connections than users, so inline never waits for one. A held connection
+# outlives its response, so the background variant can still run the pool dry.
+app = FastAPI(title="background", lifespan=pool_lifespan(60))
 app.include_router(probe_router)
 ItemId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 

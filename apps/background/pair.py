@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from harness.pairs import Pair, Records, Variant, Verdict, fmt, inconclusive, missing_variants, ratio
+from harness.pairs import Pair, Records, Variant, Verdict, counter_ratio, fmt, inconclusive, missing_variants, ratio
 
 # The work left the response path when a background variant's p50 is below inline's by
 # at least GAIN_MIN of work_ms; by less than GAIN_NONE of it, it did not.
@@ -17,11 +17,6 @@ HOLD_MIN = 0.8
 # Judges "after the response" where no connection is held through the task, if measured.
 UNHELD = "background-function-scope"
 UNHELD_KEY = UNHELD.replace("-", "_")
-
-
-def per_hold(record: Mapping[str, Any], name: str) -> float | None:
-    counters = record.get("counters") or {}
-    return ratio(counters.get(name), counters.get("holds"))
 
 
 def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:
@@ -40,9 +35,9 @@ def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:
         figures |= {
             f"{key}_p50_ms": record["p50_ms"],
             f"{key}_rps": record["rps"],
-            f"{key}_held_ms": per_hold(record, "held_ms"),
-            f"{key}_held_after_return_ms": per_hold(record, "held_after_return_ms"),
-            f"{key}_acquire_wait_ms": per_hold(record, "acquire_wait_ms"),
+            f"{key}_held_ms": counter_ratio(record, "held_ms", "holds"),
+            f"{key}_held_after_return_ms": counter_ratio(record, "held_after_return_ms", "holds"),
+            f"{key}_acquire_wait_ms": counter_ratio(record, "acquire_wait_ms", "holds"),
             f"{key}_rss_mb_peak": record.get("server_rss_mb_peak"),
             f"{key}_rss_slope_mb_per_min": record.get("server_rss_slope_mb_per_min"),
         }

@@ -5,13 +5,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from apps.deps.pair import loop_lag, stalls_loop
-from harness.pairs import Pair, Records, Variant, Verdict, fmt, inconclusive, missing_variants, ratio
+from harness.pairs import (
+    ANYIO_TOKENS,
+    Pair,
+    Records,
+    Variant,
+    Verdict,
+    fmt,
+    inconclusive,
+    loop_lag,
+    missing_variants,
+    ratio,
+    stalls_loop,
+)
 
 # to_thread "fixes" it when it serves at least this many times the blocking throughput.
 FIX_FACTOR = 1.5
-# anyio's default limit on worker threads for `def` endpoints and sync dependencies.
-ANYIO_TOKENS = 40
 # Open loop at this share of the blocking variant's ceiling: below saturation, where a
 # closed loop and an open loop tell different stories about the same stall.
 OPEN_LOOP_SHARE = 0.8

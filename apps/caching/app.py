@@ -6,26 +6,14 @@ sub-dependency that derives an ETag from it. Only `use_cache` differs.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated
 
-import asyncpg
 from fastapi import Depends, FastAPI, Path, Request, Response
 
-from apps.common import ITEM_SQL_ASYNCPG, Item, count, dsn, item_or_404, knob, probe_router
+from apps.common import Item, count, fetch_item_asyncpg, pool_lifespan, probe_router
 
-
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    # At least as many connections as users, so the pool never decides the result.
-    size = knob("pool_size", 50)
-    app.state.pool = await asyncpg.create_pool(dsn(), min_size=size, max_size=size)
-    yield
-    await app.state.pool.close()
-
-
-app = FastAPI(title="caching", lifespan=lifespan)
+# At least as many connections as users, so the pool never decides the result.
+app = FastAPI(title="caching", lifespan=pool_lifespan(50))
 app.include_router(probe_router)
 ItemId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
@@ -34,8 +22,7 @@ ItemId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 # counted so the run shows how often FastAPI called it.
 async def load_item(request: Request, item_id: ItemId) -> Item:
     count("lookups")
-    pool: asyncpg.Pool = request.app.state.pool
-    return item_or_404(await pool.fetchrow(ITEM_SQL_ASYNCPG, item_id))
+    return await fetch_item_asyncpg(request.app.state.pool, item_id)
 
 
 def etag_of(item: Item) -> str:

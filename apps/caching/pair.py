@@ -5,17 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from harness.pairs import Pair, Records, Variant, Verdict, fmt, inconclusive, missing_variants, ratio
+from harness.pairs import Pair, Records, Variant, Verdict, counter_ratio, fmt, inconclusive, missing_variants, ratio
 
 # Calls per request are counted by the app; a few in-flight requests cut off at shutdown
 # may skew them, hence a tolerance. Cached means within CALLS_TOLERANCE of 1; the
 # control (use_cache=False) must show the dependency is needed twice, within it of 2.
 CALLS_TOLERANCE = 0.05
-
-
-def calls_per_request(record: Mapping[str, Any]) -> float | None:
-    counters = record.get("counters") or {}
-    return ratio(counters.get("lookups"), counters.get("requests"))
 
 
 def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:
@@ -24,8 +19,8 @@ def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:
         return inconclusive(missing)
     cached, uncached = records["cached"], records["no-cache"]
     figures = {
-        "cached_calls_per_request": calls_per_request(cached),
-        "no_cache_calls_per_request": calls_per_request(uncached),
+        "cached_calls_per_request": counter_ratio(cached, "lookups", "requests"),
+        "no_cache_calls_per_request": counter_ratio(uncached, "lookups", "requests"),
         "cached_p50_ms": cached["p50_ms"],
         "no_cache_p50_ms": uncached["p50_ms"],
         "p50_extra_ms": uncached["p50_ms"] - cached["p50_ms"],

@@ -126,6 +126,8 @@ def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:
     )
 
 
+KNOBS = {"teardown_ms": 200, "pool_size": 80, "pool_timeout_ms": 2000}
+
 PAIR = Pair(
     name="cleanup",
     claim_id="C5",
@@ -147,8 +149,9 @@ PAIR = Pair(
         "non-raising variants; does not hold if teardowns are missing on the error path; partly holds otherwise. "
         "The variant without `finally` is the contrast that shows the counters catch a skipped cleanup. Client "
         "p50, the mean time a connection was checked out and how much of it came after the response was sent "
-        "(a pure ASGI middleware notes that moment) are reported, not judged. pool_size (80) is above the "
-        "scenario's 50 users so that only connections held past the response can make requests wait for the pool."
+        "(a pure ASGI middleware notes that moment) are reported, not judged. pool_size "
+        f"({KNOBS['pool_size']}) is above the scenario's users so that only connections held past the response "
+        "can make requests wait for the pool."
     ),
     variants=(
         Variant(
@@ -181,7 +184,7 @@ PAIR = Pair(
         ),
     ),
     decide=decide,
-    knobs={"teardown_ms": 200, "pool_size": 80, "pool_timeout_ms": 2000},
+    knobs=KNOBS,
     order=50,
     references=("fastapi#14099", "fastapi#14262"),
 )

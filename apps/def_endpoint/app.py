@@ -6,25 +6,15 @@ endpoint. Only the kind of endpoint differs.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated
 
 import asyncpg
 from fastapi import Depends, FastAPI, Path, Request
 
-from apps.common import Item, count, dsn, fetch_item_asyncpg, knob, probe_router
+from apps.common import Item, count, fetch_item_asyncpg, pool_lifespan, probe_router
 
-
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    # At least as many connections as users, so the pool never decides the result.
-    size = knob("pool_size", 50)
-    app.state.pool = await asyncpg.create_pool(dsn(), min_size=size, max_size=size)
-    yield
-    await app.state.pool.close()
-
-
-app = FastAPI(title="def_endpoint", lifespan=lifespan)
+# At least as many connections as users, so the pool never decides the result.
+app = FastAPI(title="def_endpoint", lifespan=pool_lifespan(50))
 app.include_router(probe_router)
 ItemId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 

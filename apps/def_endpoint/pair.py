@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from harness.pairs import Pair, Records, Variant, Verdict, fmt, inconclusive, missing_variants, ratio
+from harness.pairs import Pair, Records, Variant, Verdict, counter_ratio, fmt, inconclusive, missing_variants, ratio
 
 # The `def` endpoint "works" when it passes verification, fails fewer than this share of
 # requests under load, and its dependency ran at least this share of its teardowns.
@@ -13,11 +13,6 @@ FAILURE_RATE_MAX = 0.01
 CLEANUP_SHARE_MIN = 0.999
 # Working at under this share of the async endpoint's throughput is a cost worth a "partly".
 RPS_SHARE_MIN = 0.5
-
-
-def cleanup_share(record: Mapping[str, Any]) -> float | None:
-    counters = record.get("counters") or {}
-    return ratio(counters.get("teardowns"), counters.get("setups"))
 
 
 def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:
@@ -43,7 +38,7 @@ def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:
         "async_rps": good["rps"],
         "def_p50_ms": bad["p50_ms"],
         "async_p50_ms": good["p50_ms"],
-        "def_cleanup_share": cleanup_share(bad),
+        "def_cleanup_share": counter_ratio(bad, "teardowns", "setups"),
         # Shows the endpoint body really ran in anyio's worker threads.
         "def_threads_busy_mean": bad.get("threads_busy_mean"),
     }

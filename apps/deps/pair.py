@@ -5,26 +5,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from harness.pairs import Pair, Records, Variant, Verdict, fmt, inconclusive, missing_variants, ratio
+from harness.pairs import (
+    STALL_FACTOR,
+    STALL_MIN_MS,
+    Pair,
+    Records,
+    Variant,
+    Verdict,
+    fmt,
+    inconclusive,
+    loop_lag,
+    missing_variants,
+    ratio,
+    stalls_loop,
+)
 
-# A variant stalls the loop when its event-loop lag p99 (measured inside the server) is
-# at least this many times the baseline variant's, and this many milliseconds above it.
-STALL_FACTOR = 3.0
-STALL_MIN_MS = 20.0
 # Open loop below what the loop-blocking variant sustains closed-loop on 2 cores (about
 # 120 req/s), so the comparison shows latency under load rather than an overload.
 OPEN_LOOP_RATE = 60.0
-
-
-def loop_lag(record: Mapping[str, Any]) -> float:
-    """Loop lag p99, or the /ping p99 for runs made before the server measured its lag."""
-    lag = record.get("loop_lag_p99_ms")
-    return float(lag if lag is not None else record["ping_p99_ms"])
-
-
-def stalls_loop(record: Mapping[str, Any], baseline: Mapping[str, Any]) -> bool:
-    lag, base = loop_lag(record), loop_lag(baseline)
-    return lag >= STALL_FACTOR * base and lag - base >= STALL_MIN_MS
 
 
 def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:

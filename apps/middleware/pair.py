@@ -5,7 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from harness.pairs import Pair, Records, Role, Variant, Verdict, fmt, inconclusive, missing_variants, ratio
+from harness.pairs import (
+    Pair,
+    Records,
+    Role,
+    Variant,
+    Verdict,
+    cpu_ms_per_request,
+    fmt,
+    inconclusive,
+    missing_variants,
+    ratio,
+)
 
 # Ten layers of a kind add latency when they cost at least this share of the
 # no-middleware throughput and at least this much server CPU time per request. The
@@ -16,13 +27,6 @@ ADDED_CPU_MS = 0.25
 # The deepest stack measured: the verdict compares it with no middleware.
 DEEPEST = 10
 KINDS = {"base": "BaseHTTPMiddleware", "asgi": "pure ASGI"}
-
-
-def cpu_ms_per_request(record: Mapping[str, Any]) -> float | None:
-    """Server CPU time per request in ms (CPU % of one core / req/s): the server's own
-    work, which neither a busy machine nor a saturated load generator changes much."""
-    share = ratio(record.get("server_cpu_pct"), record["rps"])
-    return None if share is None else share * 10
 
 
 def stack_cost(deep: Mapping[str, Any], bare: Mapping[str, Any]) -> dict[str, float | None]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from harness.pairs import Pair, Records, Variant, Verdict, fmt, inconclusive, missing_variants, ratio
+from harness.pairs import Pair, Records, Variant, Verdict, counter_ratio, fmt, inconclusive, missing_variants, ratio
 
 # What the claim predicts for dependencies declared A then B.
 EXPECTED_ORDER = ["enter A", "enter B", "exit B", "exit A"]
@@ -17,11 +17,6 @@ EXTRA_MIN = 0.8
 BASELINE_MAX = 1.5
 # Overlapped setups: two-deps p50 under this many setup_ms.
 OVERLAP_MAX = 1.5
-
-
-def counter_ratio(record: Mapping[str, Any], numerator: str, denominator: str) -> float | None:
-    counters = record.get("counters") or {}
-    return ratio(counters.get(numerator), counters.get(denominator))
 
 
 def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:

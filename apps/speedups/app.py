@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Path
 from fastapi.responses import ORJSONResponse
 
-from apps.common import Item, computed_item, note_once, probe_router
+from apps.common import Item, computed_item, computed_row, note_once, probe_router
 
 
 @asynccontextmanager
@@ -57,7 +57,7 @@ def list_ids(item_id: int) -> list[int]:
 
 def item_rows(item_id: int) -> list[dict[str, Any]]:
     # Plain dicts, as a driver hands rows over; every JSON variant starts from these.
-    return [computed_item(i).model_dump() for i in list_ids(item_id)]
+    return [computed_row(i) for i in list_ids(item_id)]
 
 
 # as-dict: no return type and no response_model: FastAPI runs jsonable_encoder over

@@ -6,24 +6,34 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any
 
-from apps.middleware.pair import cpu_ms_per_request
+from apps.speedups.app import LIST_LENGTH, list_ids
 from harness import database
 from harness.database import Database
-from harness.pairs import Outcome, Pair, Records, Role, Variant, Verdict, fmt, inconclusive, missing_variants, ratio
+from harness.pairs import (
+    Outcome,
+    Pair,
+    Records,
+    Role,
+    Variant,
+    Verdict,
+    cpu_ms_per_request,
+    fmt,
+    inconclusive,
+    missing_variants,
+    ratio,
+)
 
 # A speed-up counts when the server spends at most 1/SPEEDUP_FACTOR of the CPU time per
 # request that the variant it replaces spends. These routes do no I/O, so CPU time per
 # request is their service time; throughput on this 2-core machine also moves with the
 # load generator's ceiling and with other processes, so it is reported, not decisive.
 SPEEDUP_FACTOR = 1.10
-# Rows in each list response; the same number as app.LIST_LENGTH (a test checks).
-LIST_LENGTH = 100
 
 
 def expected_rows(db: Database, item_id: int) -> list[dict[str, Any] | None]:
     """The rows the list variants must return, read from the database: LIST_LENGTH ids
     counting down from `item_id`, wrapping to the top of 1..LIST_LENGTH below 1."""
-    ids = [item_id - k if item_id - k >= 1 else item_id - k + LIST_LENGTH for k in range(LIST_LENGTH)]
+    ids = list_ids(item_id)
     with contextlib.closing(db.connect()) as conn, conn.cursor() as cur:
         cur.execute(f"SELECT id, name, price_cents FROM {database.TABLE} WHERE id = ANY(%s)", (ids,))
         found = {row[0]: {"id": row[0], "name": row[1], "price_cents": row[2]} for row in cur.fetchall()}

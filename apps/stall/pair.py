@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from harness.pairs import Pair, Records, Variant, Verdict, fmt, inconclusive, missing_variants, ratio
+from harness.pairs import ANYIO_TOKENS, Pair, Records, Variant, Verdict, fmt, inconclusive, missing_variants, ratio
 
-# anyio's default number of worker-thread tokens per event loop.
-ANYIO_TOKENS = 40
 # The sync dependency stalls when it fails at least this share of requests, or serves
 # less than this share of the best fix's throughput.
 STALL_FAILURE_RATE = 0.05
@@ -110,8 +108,7 @@ PAIR = Pair(
         f"fails <= {100 * FIX_FAILURE_RATE:g}% and serves >= {RESTORE_SHARE:g}x the async driver's req/s (a wide "
         "margin: the `def` fixes pay several worker-thread hops per request on a small machine). Holds "
         "if it stalls and every fix restores; partly holds if some fix does not; does not hold without a stall "
-        f"(inconclusive when users <= {ANYIO_TOKENS} tokens + pool_size, which cannot trigger it). The "
-        "scenario's 50 users exceed 40 + 5, so the pair needs no load override."
+        f"(inconclusive when users <= {ANYIO_TOKENS} tokens + pool_size, which cannot trigger it)."
     ),
     variants=(
         Variant(

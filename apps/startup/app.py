@@ -50,11 +50,6 @@ app.include_router(probe_router)
 ItemId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
-async def lookup(pool: asyncpg.Pool, item_id: int) -> Item:
-    async with pool.acquire() as conn:
-        return await fetch_item_asyncpg(conn, item_id)
-
-
 async def app_pool(request: Request) -> asyncpg.Pool:
     # `async def`: a plain `def` dependency would run in a worker thread. A startup
     # handler that never ran leaves no pool: say so instead of a bare 500.
@@ -66,9 +61,9 @@ async def app_pool(request: Request) -> asyncpg.Pool:
 
 @app.get("/on-event/items/{item_id}")
 async def on_event_item(item_id: ItemId, pool: asyncpg.Pool = Depends(app_pool)) -> Item:
-    return await lookup(pool, item_id)
+    return await fetch_item_asyncpg(pool, item_id)
 
 
 @app.get("/lifespan/items/{item_id}")
 async def lifespan_item(item_id: ItemId, pool: asyncpg.Pool = Depends(app_pool)) -> Item:
-    return await lookup(pool, item_id)
+    return await fetch_item_asyncpg(pool, item_id)

@@ -23,8 +23,10 @@ MAX_OTHER_FAILURE_RATE = 0.01
 
 
 def failures_with_status(record: Mapping[str, Any], status: int) -> int:
-    """Failed requests answered with `status`, from the record's grouped failure kinds."""
-    return sum(int(n) for kind, n in record.get("top_failures") or [] if f"code={status})" in str(kind))
+    """Failed requests answered with `status`, from the record's grouped failure kinds
+    (all of them; records stored before they were kept have only the top three)."""
+    kinds = record.get("failure_kinds") or record.get("top_failures") or []
+    return sum(int(n) for kind, n in kinds if f"code={status})" in str(kind))
 
 
 def other_failure_rate(record: Mapping[str, Any], expected: int) -> float:
