@@ -21,6 +21,7 @@ from typing import Any
 import anyio.to_thread
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 def dsn() -> str:
@@ -36,9 +37,14 @@ def _knobs() -> dict[str, int]:
     return {name: int(value) for name, value in json.loads(os.environ.get("BENCH_KNOBS", "{}")).items()}
 
 
-def knob(name: str, default: int) -> int:
+def knob(name: str) -> int:
+    """A knob in force for this server. The defaults live once, in the pair's `knobs`;
+    the runner passes them all (with any `--set`) in BENCH_KNOBS."""
     # Parsed once per process: knobs are read on the request path.
-    return _knobs().get(name, default)
+    knobs = _knobs()
+    if name not in knobs:
+        raise RuntimeError(f"knob {name!r} was not passed in BENCH_KNOBS (declare it in the pair's knobs)")
+    return knobs[name]
 
 
 class Item(BaseModel):
@@ -93,16 +99,16 @@ def fetch_item_psycopg(conn: Any, item_id: int) -> Item:
         return item_or_404(cur.fetchone())
 
 
-def pool_lifespan(default_size: int) -> Callable[[Any], AbstractAsyncContextManager[None]]:
-    """A lifespan that opens an asyncpg pool of exactly `pool_size` connections (the knob,
-    else `default_size`) before the load, as app.state.pool, and closes it after: for
-    pairs where the pool is plumbing, not the pattern measured."""
+def pool_lifespan() -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """A lifespan that opens an asyncpg pool of exactly `pool_size` connections (the
+    pair's knob) before the load, as app.state.pool, and closes it after: for pairs
+    where the pool is plumbing, not the pattern measured."""
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         import asyncpg  # only the apps that pool pay for the import
 
-        size = knob("pool_size", default_size)
+        size = knob("pool_size")
         async with asyncpg.create_pool(dsn(), min_size=size, max_size=size) as pool:
             app.state.pool = pool
             yield
@@ -157,6 +163,28 @@ async def watch_loop_lag(app: Any) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class MarkResponseSent:
+    """Pure ASGI middleware (a few attribute writes per request): notes in the request's
+    state, as `response_sent_at` (time.perf_counter), when the response's last body
+    message has been handed to the server, so a teardown or a background task can tell
+    how long after the client's answer it ran."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_and_mark(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                scope.setdefault("state", {})["response_sent_at"] = time.perf_counter()
+
+        await self.app(scope, receive, send_and_mark)
 
 
 # Every variant app includes this router: /ping, and the loop-lag monitor in its lifespan.

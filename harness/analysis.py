@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from harness import stats, store
-from harness.pairs import Pair, Verdict
+from harness.checks import P99_MIN_REQUESTS, Decision
+from harness.pairs import Pair, Verdict, cpu_ms_per_request
 from harness.scenario import P99_TARGET_MS
 from harness.store import read_json
 
@@ -63,14 +66,20 @@ RECORD_FIELDS = [
     "warnings",
     "generator_cpu_pct",
     "postgres_cpu_pct",
+    "machine_cpu_pct",
+    "server_cpu_ms_per_request",
+    "thin_percentiles",
+    "buckets",
     "flags",
 ]
 # Sample records carry these as well: which measurement it was.
 SAMPLE_FIELDS = [
-    "sample", "mode", "users", "rate", "repeat", "primary", "achieved_rps", "late_share", "rps_per_second", "soak",
+    "sample", "mode", "users", "rate", "block", "primary", "achieved_rps", "late_share", "rps_per_second", "soak",
+    "warmup_users_answered", "warmup_capped",
 ]  # fmt: skip
-# Figures given with an interval and a spread over repeats.
-CI_FIGURES = ("rps", "p50_ms", "p99_ms", "ping_p99_ms", "loop_lag_p99_ms")
+# A variant's figures given as a mean over its blocks with a t-interval and a spread.
+# Its latency percentiles come instead from its tallies merged across blocks.
+CI_FIGURES = ("rps", "ping_p99_ms", "loop_lag_p99_ms", "server_cpu_ms_per_request")
 # A measurement is flagged, never silently used, when the load generator was this busy
 # or an open-loop run achieved less than this share of its rate.
 GENERATOR_CPU_LIMIT = 90.0
@@ -123,6 +132,7 @@ def merge_tallies(tallies: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "requests": requests,
         "failures": sum(int(t["failures"]) for t in tallies),
+        "buckets": buckets,
         "percentiles_ms": {p: stats.bucket_percentile(buckets, requests, p) for p in (0.5, 0.95, 0.99)},
         "max_ms": max(tops) if tops else None,
         "errors": [e for t in tallies for e in t["errors"]],
@@ -161,6 +171,8 @@ def _locust_totals(folder: Path, window: tuple[float, float], tallies: list[dict
         "max_ms": top,
         "top_failures": [],
         "failure_kinds": [],
+        # Response-time buckets (ms -> requests): a variant's percentiles merge them across blocks.
+        "buckets": {str(ms): n for ms, n in (final.get("buckets") or {}).items()} if tallies else None,
     }
     if not errors.empty:
         # Locust keys failures by message, and messages carry the random URL:
@@ -237,6 +249,12 @@ def _connections(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
         "server_fds_slope_per_min": slope_per_min(samples["time"], fds),
         "generator_cpu_pct": _mean(_column(samples, "generator_cpu_pct")),
         "postgres_cpu_pct": _mean(_column(samples, "postgres_cpu_pct")),
+        # Server, PostgreSQL and load generator together, of the machine's cores x 100%.
+        "machine_cpu_pct": _mean(
+            _column(samples, "server_cpu_pct").fillna(0)
+            + _column(samples, "postgres_cpu_pct").fillna(0)
+            + _column(samples, "generator_cpu_pct").fillna(0)
+        ),
     }
 
 
@@ -340,6 +358,13 @@ def summarize_sample(folder: Path) -> dict[str, Any]:
     record |= _loop_lag(folder, window)
     record |= _schedule(folder, window, record["requests"])
     record["measured_s"] = round(window[1] - window[0], 2)
+    record["block"] = meta.get("block", meta.get("repeat"))  # runs stored before blocks called them repeats
+    phases = store.read_phases(folder)
+    # How many users had an answer when the warm-up ended: a server that never accepts
+    # some connections serves fewer users than the load offers, and latency follows them.
+    record["warmup_users_answered"] = phases.get("warmup_users_completed")
+    record["warmup_capped"] = phases.get("warmup_capped")
+    record["server_cpu_ms_per_request"] = cpu_ms_per_request(record)
     record["rps_per_second"] = per_second_rps(folder, window)
     record["flags"] = sample_flags(record) + _tally_flags(tallies, meta)
     if meta.get("mode") == "soak":
@@ -407,10 +432,13 @@ def combine(records: list[dict[str, Any]]) -> dict[str, Any]:
     out["repeats"] = len(ok)
     if not ok:
         failed = next((r for r in records if r.get("error")), first)
+        warned = list(dict.fromkeys(w for r in records for w in r.get("warnings") or []))
         return out | {
             "status": "failed",
             "error": failed.get("error"),
             "settled_connections": failed.get("settled_connections"),
+            # A server that printed warnings before it failed (FastAPI's deprecations come at import).
+            "warnings": warned if any(r.get("warnings") is not None for r in records) else None,
         }
     out["status"], out["error"] = "ok", None
     out["sample"] = ok[0].get("sample")  # the one whose time series the charts draw
@@ -423,26 +451,52 @@ def combine(records: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = max(numbers) if numbers else None
         elif numbers and key not in ("users", "baseline_connections"):  # these stay as the first sample's
             out[key] = stats.median(numbers)
+    answered = [r.get("warmup_users_answered") for r in ok if r.get("warmup_users_answered") is not None]
+    out["warmup_users_answered"] = min(answered) if answered else None
     out["failure_rate"] = out["failures"] / out["requests"] if out["requests"] else 0.0
     out["failure_kinds"] = _merge_failures(ok)
     out["top_failures"] = out["failure_kinds"][:3]
     out["counters"] = _sum_counters(ok)
     out["warnings"] = list(dict.fromkeys(w for r in records for w in r.get("warnings") or []))
+    # How many samples printed each: one line per distinct warning in the report, not one per sample.
+    out["warning_counts"] = {w: sum(w in (r.get("warnings") or []) for r in records) for w in out["warnings"]}
     out["flags"] = list(dict.fromkeys(f for r in ok for f in r.get("flags") or []))
     if any(r.get("achieved_rps") is not None for r in ok):
         out["achieved_rps"] = stats.median([r.get("achieved_rps") for r in ok])
         out["late_share"] = stats.median([r.get("late_share") for r in ok])
     out["values"] = {figure: [r.get(figure) for r in ok] for figure in CI_FIGURES}
-    if len(ok) >= stats.MIN_REPEATS:
-        out["ci_method"] = "repeats"
-        out["ci"] = {figure: stats.bootstrap_ci(out["values"][figure]) for figure in CI_FIGURES}
-    else:
-        # One run (or two): only throughput has an interval, from its per-second counts.
-        per_second = [v for r in ok for v in r.get("rps_per_second") or []]
-        out["ci_method"] = "per-second"
-        out["ci"] = dict.fromkeys(CI_FIGURES) | {"rps": stats.bootstrap_ci(per_second, np.mean)}
+    out["ci_method"] = "blocks" if len(ok) >= 2 else "none"
+    out["ci"] = {}
+    for figure in CI_FIGURES:
+        # A figure over blocks: their mean with its t-interval (None from one block).
+        found = stats.t_interval(out["values"][figure])
+        if found is not None:
+            out[figure] = found.estimate
+            out["ci"][figure] = (found.low, found.high)
+        else:
+            out["ci"][figure] = None
     out["spread"] = {figure: stats.spread(out["values"][figure]) for figure in CI_FIGURES}
+    out |= merged_percentiles(ok)
     return out
+
+
+def merged_percentiles(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """A variant's latency percentiles from its samples' response-time buckets added up,
+    as Locust takes them from its own; marked thin where they rest on too few requests."""
+    buckets: dict[float, int] = {}
+    for record in records:
+        for ms, n in (record.get("buckets") or {}).items():
+            buckets[float(ms)] = buckets.get(float(ms), 0) + int(n)
+    requests = sum(buckets.values())
+    if not requests:  # runs stored before buckets: the medians over samples stand
+        return {}
+    p50, p95, p99 = (stats.bucket_percentile(buckets, requests, share) for share in (0.5, 0.95, 0.99))
+    return {
+        "p50_ms": p50,
+        "p95_ms": p95,
+        "p99_ms": p99,
+        "thin_percentiles": requests < P99_MIN_REQUESTS,
+    }
 
 
 def aggregate_variant(samples: list[dict[str, Any]], p99_target_ms: float) -> dict[str, Any]:
@@ -497,56 +551,143 @@ def variant_records(samples: list[dict[str, Any]], pairs: list[Pair], p99_target
     return out
 
 
-def verdicts(records: list[dict[str, Any]], pairs: list[Pair], knobs: dict[str, dict[str, int]]) -> dict[str, Verdict]:
-    """Each pair's rule on its variants' records. A flagged measurement is not used
-    silently: the verdict says which and why."""
+def blocks_of(samples: list[dict[str, Any]]) -> list[dict[str, dict[str, Any]]]:
+    """A pair's primary samples by block: each variant's measured sample in that block."""
+    found: dict[int, dict[str, dict[str, Any]]] = {}
+    for sample in samples:
+        if sample.get("primary") and sample["status"] == "ok" and sample.get("block") is not None:
+            found.setdefault(int(sample["block"]), {})[sample["variant"]] = sample
+    return [found[block] for block in sorted(found)]
+
+
+def decide_pair(pair: Pair, samples: list[dict[str, Any]], knobs: dict[str, int], confidence: float) -> Decision:
+    """The pair's rule on its samples: paired figures from its blocks, totals from the
+    variants' merged records."""
+    mine = [s for s in samples if s["pair"] == pair.name]
+    records = {r["variant"]: r for r in variant_records(mine, [pair], P99_TARGET_MS)}
+    return pair.judge(records, pair.knobs | knobs, blocks_of(mine), confidence)
+
+
+def verdicts(
+    samples: list[dict[str, Any]],
+    records: list[dict[str, Any]],
+    pairs: list[Pair],
+    knobs: dict[str, dict[str, int]],
+    confidence: Callable[[str], float],
+) -> dict[str, Verdict]:
+    """Each pair's rule on its blocks. A flagged measurement is not used silently: the
+    verdict says which and why."""
     out = {}
     for pair in pairs:
         mine = {r["variant"]: r for r in records if r["pair"] == pair.name}
         if not mine:
             continue
-        verdict = pair.decide(mine, pair.knobs | knobs.get(pair.name, {}))
+        verdict = decide_pair(pair, samples, knobs.get(pair.name, {}), confidence(pair.name)).verdict
+        shares = generator_shares(pair, mine, knobs.get(pair.name, {}))
+        if shares:
+            verdict = replace(verdict, text=f"{verdict.text} {shares}")
         flagged = [f"`{name}` ({'; '.join(r['flags'])})" for name, r in mine.items() if r.get("flags")]
         if flagged:
-            verdict = Verdict(
-                verdict.outcome,
-                f"{verdict.text} Caveat: flagged measurements: {', '.join(flagged)}.",
-                verdict.figures,
-                f"{verdict.headline} (flagged)" if verdict.headline else "flagged",
+            verdict = replace(
+                verdict,
+                text=f"{verdict.text} Caveat: flagged measurements: {', '.join(flagged)}.",
+                headline=f"{verdict.headline} (flagged)" if verdict.headline else "flagged",
             )
         out[pair.name] = verdict
     return out
 
 
-def comparisons(records: list[dict[str, Any]], pairs: list[Pair]) -> list[dict[str, Any]]:
-    """Each bad or reference variant against the pair's first good one: throughput and
-    p99 ratios with their intervals, and whether the difference is significant."""
+def generator_shares(pair: Pair, records: dict[str, dict[str, Any]], knobs: dict[str, int]) -> str:
+    """Where a deciding check compares throughput, what the machine and the load generator
+    were using: on a saturated machine the generator takes a different share from each."""
+    if pair.rule is None:
+        return ""
+    rule = pair.rule(pair.knobs | knobs)
+    compared = [
+        (c.figure.of, c.figure.to)
+        for part in rule.parts
+        for c in part.checks
+        if c.figure.to and c.figure.metric.label in ("throughput", "successful throughput")
+    ]
+    said = []
+    for of, to in dict.fromkeys(compared):
+        a, b = records.get(of) or {}, records.get(to) or {}
+        if a.get("generator_cpu_pct") is None or b.get("generator_cpu_pct") is None:
+            continue
+        said.append(
+            f"`{of}` {a['generator_cpu_pct']:.0f}% (machine {a.get('machine_cpu_pct') or 0:.0f}%) against `{to}` "
+            f"{b['generator_cpu_pct']:.0f}% (machine {b.get('machine_cpu_pct') or 0:.0f}%)"
+        )
+    if not said:
+        return ""
+    return "Throughput decides here; the load generator's CPU during it: " + "; ".join(said) + "."
+
+
+def compared_pairs(pair: Pair, knobs: dict[str, int]) -> list[tuple[str, str]]:
+    """(variant, baseline) for each comparison the pair's rule makes: each sub-experiment's
+    own baseline. A pair without a rule compares with its first good variant."""
+    if pair.rule is None:
+        good = next((v.name for v in pair.variants if v.role == "good"), None)
+        return [(v.name, good) for v in pair.variants if good and v.name != good]
+    rule = pair.rule(pair.knobs | knobs)
+    figures = [c.figure for c in rule.checks] + list(rule.shown)
+    found = [(f.of, f.to) for f in figures if f.kind in ("ratio", "difference") and f.to]
+    return list(dict.fromkeys(found))
+
+
+def comparisons(
+    samples: list[dict[str, Any]],
+    pairs: list[Pair],
+    knobs: dict[str, dict[str, int]],
+    confidence: Callable[[str], float],
+) -> list[dict[str, Any]]:
+    """Throughput and p99 of each variant against its baseline, as the geometric mean of
+    per-block ratios with a t-interval and a paired t-test: significant where the
+    interval excludes 1."""
     out = []
     for pair in pairs:
-        mine = {r["variant"]: r for r in records if r["pair"] == pair.name and r["status"] == "ok"}
-        good = next((v.name for v in pair.variants if v.role == "good" and v.name in mine), None)
-        if good is None:
-            continue
-        for variant in pair.variants:
-            if variant.name == good or variant.name not in mine:
-                continue
-            row: dict[str, Any] = {"pair": pair.name, "variant": variant.name, "baseline": good}
+        blocks = blocks_of([s for s in samples if s["pair"] == pair.name])
+        for variant, baseline in compared_pairs(pair, knobs.get(pair.name, {})):
+            row: dict[str, Any] = {"pair": pair.name, "variant": variant, "baseline": baseline}
             for figure in ("rps", "p99_ms"):
-                row[figure] = ratio_of(mine[variant.name], mine[good], figure)
-            out.append(row)
+                ratios = [
+                    b[variant][figure] / b[baseline][figure]
+                    for b in blocks
+                    if variant in b and baseline in b and b[variant].get(figure) and b[baseline].get(figure)
+                ]
+                found = stats.log_ratio_interval(ratios, confidence(pair.name))
+                row[figure] = {
+                    "ratio": found.estimate if found else (ratios[0] if ratios else None),
+                    "ci": (found.low, found.high) if found else None,
+                    "p_value": found.p_value if found else None,
+                    "blocks": len(ratios),
+                    "significant": None if found is None else found.excludes(1.0),
+                }
+            if any(row[f]["ratio"] is not None for f in ("rps", "p99_ms")):
+                out.append(row)
     return out
 
 
 def ratio_of(this: dict[str, Any], base: dict[str, Any], figure: str) -> dict[str, Any]:
-    """One figure of two variant records as a ratio (this / base), its interval from
-    both records' repeats, and whether it is significant (None: no intervals to tell)."""
+    """One figure of two variant records from different runs, as a ratio (this / base),
+    with a Welch t-interval on the logs of each run's block values (the runs are not
+    paired), and whether it is significant (None: too few blocks to tell)."""
     ratio = this[figure] / base[figure] if this[figure] is not None and base[figure] else None
-    overlapping = stats.overlap((this.get("ci") or {}).get(figure), (base.get("ci") or {}).get(figure))
+    values = (this.get("values") or {}).get(figure), (base.get("values") or {}).get(figure)
+    found = stats.welch_log_ratio_interval(values[0] or [], values[1] or [])
     return {
         "ratio": ratio,
-        "ci": stats.ratio_ci(this["values"][figure], base["values"][figure]),
-        "significant": None if overlapping is None else not overlapping,
+        "ci": (found.low, found.high) if found else None,
+        "significant": None if found is None else found.excludes(1.0),
     }
+
+
+def pair_confidence(manifest: dict[str, Any]) -> Callable[[str], float]:
+    """The confidence of each pair's looks: the nominal shared over the run's planned
+    looks, or the nominal for a control measured in a fixed number of blocks."""
+    blocks = manifest.get("blocks") or {}
+    run = float(manifest.get("look_confidence") or stats.CONFIDENCE)
+    return lambda name: float((blocks.get(name) or {}).get("confidence") or run)
 
 
 def write_summary(
@@ -557,21 +698,81 @@ def write_summary(
     knobs: dict[str, dict[str, int]],
 ) -> None:
     """summary.json: every sample, each variant's combined record (in declared order,
-    whatever order they ran in), each pair's verdict and the good/bad comparisons."""
+    whatever order they ran in), each pair's verdict with its judged checks and blocks,
+    the comparisons, and the physics check."""
+    manifest = read_json(run_dir / "manifest.json") if (run_dir / "manifest.json").is_file() else {}
+    confidence = pair_confidence(manifest)
     records = variant_records(samples, pairs, float(scenario.get("p99_target_ms", P99_TARGET_MS)))
-    found = verdicts(records, pairs, knobs)
+    found = verdicts(samples, records, pairs, knobs, confidence)
+    cpus = int((manifest.get("environment") or {}).get("cpu_count") or 1)
     store.write_json(
         run_dir / "summary.json",
         {
             "format_version": store.FORMAT_VERSION,
             "scenario": scenario.get("name"),
+            "confidence": stats.CONFIDENCE,
+            "looks": manifest.get("looks"),
+            "look_confidence": manifest.get("look_confidence"),
+            "blocks": manifest.get("blocks") or {},
             "calibration": summarize_calibration(run_dir / "calibration"),
-            "variants": records,
+            "variants": [{k: v for k, v in r.items() if k != "buckets"} for r in records],
             "verdicts": {
-                name: {"outcome": v.outcome, "text": v.text, "headline": v.headline, "figures": v.figures}
+                name: {
+                    "outcome": v.outcome,
+                    "text": v.text,
+                    "headline": v.headline,
+                    "figures": v.figures,
+                    "checks": v.checks,
+                    "shown": v.shown,
+                }
                 for name, v in found.items()
             },
-            "comparisons": comparisons(records, pairs),
-            "samples": samples,
+            "comparisons": comparisons(samples, pairs, knobs, confidence),
+            "physics": {
+                pair.name: physics_rows(
+                    pair, [r for r in records if r["pair"] == pair.name], pair.knobs | knobs.get(pair.name, {}), cpus
+                )
+                for pair in pairs
+                if pair.physics is not None
+            },
+            # Samples without their response-time buckets: those stay in each sample's tallies.
+            "samples": [{k: v for k, v in sample.items() if k != "buckets"} for sample in samples],
         },
     )
+
+
+# Measured within this share of the expected ceiling: the harness and the model agree.
+PHYSICS_TOLERANCE = 0.15
+SATURATED_CPU = 90.0
+
+
+def physics_rows(pair: Pair, records: list[dict[str, Any]], knobs: dict[str, int], cpus: int) -> list[dict[str, Any]]:
+    """Expected ceilings next to measured throughput, with the deviation and, when they
+    disagree, what the samples say limited the measurement."""
+    if pair.physics is None:
+        return []
+    rows = []
+    for r in records:
+        if r["status"] != "ok":
+            continue
+        expected = pair.physics(knobs, int(r["users"] or 0), cpus).get(r["variant"])
+        if expected is None:
+            continue
+        ceiling, why = expected
+        deviation = (r["rps"] - ceiling) / ceiling
+        if r.get("flags"):
+            verdict = f"not judged: {'; '.join(r['flags'])}"
+        elif abs(deviation) <= PHYSICS_TOLERANCE:
+            verdict = "agrees"
+        elif deviation < 0 and (r.get("server_cpu_pct") or 0) >= SATURATED_CPU:
+            verdict = f"below: the server was CPU-bound ({r['server_cpu_pct']:.0f}% CPU) before the ceiling"
+        else:
+            verdict = f"disagrees by {100 * deviation:+.0f}%: the model or the harness is wrong here"
+        # Little's law for a closed loop: mean latency = users in the system / throughput.
+        served = r.get("warmup_users_answered") or r.get("users")
+        rows.append({"variant": r["variant"], "expected": ceiling, "why": why, "measured": r["rps"],
+                     "ci": (r.get("ci") or {}).get("rps"), "deviation": deviation, "assessment": verdict,
+                     "users": r.get("users"), "users_answered": served,
+                     "little_ms": 1000 * served / r["rps"] if served and r["rps"] else None,
+                     "p50_ms": r.get("p50_ms"), "p99_ms": r.get("p99_ms")})  # fmt: skip
+    return rows

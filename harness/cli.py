@@ -7,6 +7,7 @@ in exit status 130 with completed variants kept in the run folder.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import sys
@@ -24,45 +25,106 @@ class _Parser(argparse.ArgumentParser):
         raise BenchError(message)
 
 
-def _positive_float(text: str, what: str = "a number") -> float:
+def _finite(text: str, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
 
 
-def _seconds(text: str) -> float:
-    return _positive_float(text, "a number of seconds")
+def _within(value: float, text: str, bound: scenario.Bound) -> None:
+    if value > bound.maximum:
+        raise argparse.ArgumentTypeError(f"must be {bound.text()}, got {text!r}")
 
 
-def _whole_number(text: str, minimum: int, rule: str) -> int:
+def _positive_float(text: str, what: str, bound: scenario.Bound) -> float:
+    value = _finite(text, what)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+    _within(value, text, bound)
+    return value
+
+
+def _whole_number(text: str, minimum: int, rule: str, bound: scenario.Bound) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < minimum:
         raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+    _within(value, text, bound)
     return value
 
 
-def _positive_int(text: str) -> int:
-    return _whole_number(text, 1, "greater than 0")
+# One parser per option, each bounded by its scenario field's maximum (harness/scenario.py).
+def _duration(text: str) -> float:
+    return _positive_float(text, "a number of seconds", scenario.MAXIMUM["duration_s"])
 
 
-def _non_negative_int(text: str) -> int:
-    return _whole_number(text, 0, "0 or more")
+def _soak(text: str) -> float:
+    return _positive_float(text, "a number of seconds", scenario.MAXIMUM["soak_s"])
+
+
+def _rate(text: str) -> float:
+    return _positive_float(text, "a number of requests per second", scenario.MAXIMUM["rate"])
+
+
+def _repeats(text: str) -> int:
+    return _whole_number(text, 1, "greater than 0", scenario.MAXIMUM["repeats"])
+
+
+def _max_blocks(text: str) -> int:
+    return _whole_number(text, 1, "greater than 0", scenario.MAXIMUM["max_blocks"])
+
+
+def _budget(text: str) -> float:
+    return _finite_at_least_zero(text, scenario.MAXIMUM["budget_s"])
+
+
+def _finite_at_least_zero(text: str, bound: scenario.Bound) -> float:
+    value = _finite(text, "a number of seconds")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    _within(value, text, bound)
+    return value
+
+
+def _workers(text: str) -> int:
+    return _whole_number(text, 0, "0 or more", scenario.MAXIMUM["locust_workers"])
+
+
+def _items(text: str) -> list[str]:
+    """Comma-separated items, stripped; an empty list or an empty item between commas is refused."""
+    items = [item.strip() for item in text.split(",")]
+    if not any(items):
+        raise argparse.ArgumentTypeError("is empty")
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"has an empty item between commas, got {text!r}")
+    return items
 
 
 def _users(text: str) -> tuple[int, ...]:
     """'50' or a sweep '1,10,50'."""
-    return tuple(_positive_int(part.strip()) for part in text.split(","))
+    parts = _items(text)
+    if len(parts) > scenario.MAX_LEVELS:
+        raise argparse.ArgumentTypeError(f"a sweep must have at most {scenario.MAX_LEVELS} levels, got {len(parts)}")
+    return tuple(_whole_number(part, 1, "greater than 0", scenario.MAXIMUM["users"]) for part in parts)
+
+
+def _pairs(text: str) -> list[str]:
+    try:
+        return _items(text)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(
+            f"{err} (name one or more pairs, e.g. deps,blocking; see bench.py list)"
+        ) from None
 
 
 def _percent(text: str) -> float:
-    return _positive_float(text.rstrip("%"))
+    return _positive_float(text.strip().removesuffix("%"), "a percentage", scenario.MAX_FAIL_ABOVE_PCT)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,17 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="measure pairs and write a run folder and its report")
     run.add_argument("--scenario", default="default", help="quick, default, or a path to a scenario .toml")
-    run.add_argument("--pairs", help="comma-separated pairs, or pair/variant for one variant (default: all)")
+    run.add_argument(
+        "--pairs", type=_pairs, help="comma-separated pairs, or pair/variant for one variant (default: all)"
+    )
     run.add_argument(
         "--users", type=_users, help="concurrent Locust users, or a sweep like 1,10,50,100 (overrides the scenario)"
     )
-    run.add_argument("--duration", type=_seconds, help="measured seconds per sample (overrides the scenario)")
-    run.add_argument("--repeats", type=_positive_int, help="samples per variant, each in a fresh server")
-    run.add_argument("--rate", type=_positive_float, help="open loop: requests per second, on a fixed schedule")
-    run.add_argument("--soak", type=_seconds, metavar="SECONDS", help="a soak of this length for leak pairs")
+    run.add_argument("--duration", type=_duration, help="measured seconds per sample (overrides the scenario)")
     run.add_argument(
-        "--locust-workers", type=_non_negative_int, help="Locust's distributed mode with N worker processes"
+        "--repeats", type=_repeats, help="blocks every pair runs at least (a block: each variant once, back to back)"
     )
+    run.add_argument(
+        "--max-blocks", type=_max_blocks, help="more blocks, up to this many, for pairs whose intervals still straddle"
+    )
+    run.add_argument(
+        "--budget", type=_budget, metavar="SECONDS", help="the run's time budget for those further blocks (0: none)"
+    )
+    run.add_argument("--rate", type=_rate, help="open loop: requests per second, on a fixed schedule")
+    run.add_argument("--soak", type=_soak, metavar="SECONDS", help="a soak of this length for leak pairs")
+    run.add_argument("--locust-workers", type=_workers, help="Locust's distributed mode with N worker processes")
     run.add_argument(
         "--set",
         dest="settings",
@@ -147,7 +217,7 @@ def cmd_list() -> int:
 
 
 def plan_new(args: argparse.Namespace) -> runner.RunPlan:
-    chosen = pairs_mod.select([n.strip() for n in args.pairs.split(",") if n.strip()] if args.pairs else None)
+    chosen = pairs_mod.select(args.pairs)
     users = args.users or ()
     plan_scenario = scenario.override(
         scenario.load(args.scenario),
@@ -155,6 +225,8 @@ def plan_new(args: argparse.Namespace) -> runner.RunPlan:
         levels=users if len(users) > 1 else None,
         duration_s=args.duration,
         repeats=args.repeats,
+        max_blocks=args.max_blocks,
+        budget_s=args.budget,
         rate=args.rate,
         soak_s=args.soak,
         locust_workers=args.locust_workers,
@@ -180,7 +252,7 @@ def plan_resume(args: argparse.Namespace, given: list[str]) -> runner.RunPlan:
     if not store.is_run_dir(run_dir):
         raise BenchError(f"{run_dir} is not a run folder (no manifest.json)")
     options = ("--scenario", "--pairs", "--users", "--duration", "--set", "--out", "--shuffle", "--repeats", "--rate",
-               "--soak", "--locust-workers")  # fmt: skip
+               "--soak", "--locust-workers", "--max-blocks", "--budget")  # fmt: skip
     clashing = [option for option in options
                 if any(arg == option or arg.startswith(option + "=") for arg in given)]  # fmt: skip
     if clashing:
@@ -218,6 +290,8 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
                 leftover.unlink()
             run_dir.rmdir()
         raise
+    # Measuring ended once the data was stored; publishing reads only what it stored.
+    report.render(plan.run_dir, write_top_report=plan.write_top_report)
     print(f"report: {plan.run_dir / 'REPORT.md'}" + (" (and REPORT.md)" if plan.write_top_report else ""))
     return 0
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from harness.checks import Block, Decision, Rule
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS_DIR = ROOT / "apps"
@@ -72,6 +75,8 @@ class Verdict:
     text: str  # one or two sentences, built from this run's figures
     figures: dict[str, float] = field(default_factory=dict)
     headline: str = ""  # the deciding figure and its comparison, for the ledger
+    checks: list[dict[str, Any]] = field(default_factory=list)  # each judged check, as harness.checks words it
+    shown: list[dict[str, Any]] = field(default_factory=list)  # figures beside the verdict, with intervals
 
 
 VerdictRule = Callable[[Records, Mapping[str, Any]], Verdict]
@@ -84,9 +89,11 @@ class Pair:
     claim: str
     sources: tuple[str, ...]  # keys into ARTICLES
     mechanism: str  # prose: why the numbers come out as they do
-    decided_by: str  # prose: the metric and rule that decide the verdict
     variants: tuple[Variant, ...]
-    decide: VerdictRule
+    # The verdict rule as checks (harness.checks), built from the knobs in force.
+    rule: Callable[[Mapping[str, int]], Rule] | None = None
+    decided_by: str = ""  # prose for rules not yet written as checks
+    decide_records: VerdictRule | None = None  # a rule not yet written as checks
     knobs: dict[str, int] = field(default_factory=dict)
     order: int = 100  # position in listings and the report
     app_module: str = ""  # where the variants live; apps.<name>.app unless given (tests)
@@ -99,6 +106,9 @@ class Pair:
     # Open loop: the request rate (per second, from the knobs in force) at which scenarios
     # with `open_loop` also measure this pair, beside its closed-loop measurement.
     open_loop_rate: Callable[[Mapping[str, int]], float] | None = None
+    # A control measured for a fixed number of blocks (capped by the scenario's maximum),
+    # looked at once at the end: its interval is a plain one at the nominal confidence.
+    fixed_blocks: int = 0
     soak: bool = False  # the claim is about a leak: `--soak` gives it a long load and a recovery
     # Expected throughput ceilings from first principles (knobs, users, CPUs), by variant,
     # with the reason; the report checks the measured figures against them.
@@ -111,6 +121,30 @@ class Pair:
     @property
     def app_file(self) -> Path:
         return ROOT / Path(*(self.app_module or f"apps.{self.name}.app").split(".")).with_suffix(".py")
+
+    def judge(self, records: Records, knobs: Mapping[str, int], blocks: Sequence[Block], confidence: float) -> Decision:
+        """The verdict on this run's blocks, with every check as judged."""
+        from harness import checks
+
+        if self.rule is None:
+            assert self.decide_records is not None, f"pair {self.name} has no rule"
+            return checks.Decision(self.decide_records(records, knobs))
+        return checks.evaluate(self.rule(self.knobs | dict(knobs)), records, blocks, confidence)
+
+    def decide(
+        self,
+        records: Records,
+        knobs: Mapping[str, int],
+        blocks: Sequence[Block] | None = None,
+        confidence: float = 0.95,
+    ) -> Verdict:
+        return self.judge(records, knobs, blocks or [], confidence).verdict
+
+    def how_decided(self, knobs: Mapping[str, int]) -> str:
+        """'How the verdict is decided', generated from the rule's checks."""
+        if self.rule is None:
+            return self.decided_by
+        return self.rule(self.knobs | dict(knobs)).describe()
 
     def variant(self, name: str) -> Variant:
         for variant in self.variants:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import analysis, charts, stats, store
+from harness import analysis, charts, checks, stats, store
 from harness.pairs import ARTICLES, ROOT, Pair, discover
 from harness.scenario import P99_TARGET_MS
 
@@ -55,9 +55,18 @@ def _load_plan(scenario: dict[str, Any]) -> str:
         f"`{scenario['name']}`: {scenario['users']} users"
         + (f" (sweep: {', '.join(str(u) for u in scenario['levels'])})" if scenario.get("levels") else ""),
         f"{_num(scenario['warmup_s'], 0)} s warm-up + {_num(scenario['duration_s'], 0)} s measured per sample",
-        f"{scenario.get('repeats', 1)} repeat(s) per variant, each in a fresh server, order shuffled per repeat"
+        (
+            f"at least {scenario.get('repeats', 1)} blocks per pair (a block: every variant once, back to back, each "
+            "in a fresh server, order shuffled per block)"
+            + (
+                f", up to {scenario['max_blocks']} where an interval still straddles a threshold, within a "
+                f"{_num(scenario.get('budget_s', 0) / 60)} min budget"
+                if scenario.get("max_blocks", 1) > scenario.get("repeats", 1)
+                else ""
+            )
+        )
         if scenario.get("repeats", 1) > 1
-        else "1 sample per variant",
+        else "1 block: every variant once (no interval, so no verdict that needs one)",
     ]
     if scenario.get("rate"):
         parts.append(f"open loop at {scenario['rate']:g} req/s")
@@ -106,7 +115,7 @@ def _environment(manifest: dict[str, Any], calibration: dict[str, Any]) -> list[
 
 
 def _figure(r: dict[str, Any], key: str, digits: int = 0) -> str:
-    """A median with its 95% interval, and a warning when repeats spread more than 10%."""
+    """A mean over blocks with its 95% t-interval, and a warning when blocks spread more than 10%."""
     text = _num(r.get(key), digits)
     ci = (r.get("ci") or {}).get(key)
     if ci:
@@ -126,7 +135,8 @@ COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("failures", "--:", lambda r: f"{r['failures']:,} ({100 * r['failure_rate']:.1f}%)"),
     ("p50 ms", "--:", lambda r: _figure(r, "p50_ms")),
     ("p95 ms", "--:", lambda r: _num(r["p95_ms"])),
-    ("p99 ms", "--:", lambda r: _figure(r, "p99_ms")),
+    # Thin: fewer requests than a p99 needs, so it rests on the slowest two or three.
+    ("p99 ms", "--:", lambda r: _figure(r, "p99_ms") + (" (thin)" if r.get("thin_percentiles") else "")),
     ("max ms", "--:", lambda r: _num(r["max_ms"])),
     ("/ping p99 ms", "--:", lambda r: _figure(r, "ping_p99_ms", 1)),
     ("loop lag p99 ms", "--:", lambda r: _figure(r, "loop_lag_p99_ms", 1)),
@@ -147,6 +157,8 @@ RESOURCE_COLUMNS: Columns = [
     ("server CPU %", "--:", lambda r: _num(r.get("server_cpu_pct"))),
     ("PostgreSQL CPU %", "--:", lambda r: _num(r.get("postgres_cpu_pct"))),
     ("generator CPU %", "--:", lambda r: _num(r.get("generator_cpu_pct"))),
+    ("machine CPU % (all three)", "--:", lambda r: _num(r.get("machine_cpu_pct"))),
+    ("server CPU ms/request", "--:", lambda r: _figure(r, "server_cpu_ms_per_request", 2)),
     ("RSS peak MB", "--:", lambda r: _num(r.get("server_rss_mb_peak"), 1)),
     ("RSS slope MB/min", "--:", lambda r: _num(r.get("server_rss_slope_mb_per_min"), 2)),
     ("open FDs peak", "--:", lambda r: _num(r.get("server_fds_peak"))),
@@ -186,29 +198,34 @@ def reference_link(ref: str) -> str:
 
 
 def _ratio(cell: dict[str, Any]) -> str:
-    """'0.42x (0.38-0.47), significant' from a comparison cell."""
+    """'0.42x (0.38-0.47), p 0.001' or '1.02x (0.97-1.08), no measurable difference'."""
     if cell["ratio"] is None:
         return "n/a"
     text = f"{cell['ratio']:.2f}x"
     if cell["ci"]:
         text += f" ({cell['ci'][0]:.2f}-{cell['ci'][1]:.2f})"
-    if cell["significant"] is not None:
-        text += "" if cell["significant"] else ", not significant"
+    if cell.get("p_value") is not None:
+        text += f", p {cell['p_value']:.2g}"
+    if cell["significant"] is False:
+        text += ", no measurable difference"
     return text
 
 
-def _comparisons(rows: list[dict[str, Any]]) -> list[str]:
+def _comparisons(rows: list[dict[str, Any]], confidence: float) -> list[str]:
     if not rows:
         return []
     lines = [
-        f"**Against the good variant** (ratio of medians, {100 * stats.CONFIDENCE:g}% bootstrap interval; "
-        "not significant when the two variants' intervals overlap):",
+        f"**Comparisons the rule makes** (each against its own baseline: the geometric mean of per-block ratios, "
+        f'{100 * confidence:.1f}% t-interval, paired t-test; "no measurable difference" where the interval '
+        "includes 1):",
         "",
-        "| variant | vs | throughput | p99 |",
-        "|---|---|--:|--:|",
+        "| variant | vs | blocks | throughput | p99 |",
+        "|---|---|--:|--:|--:|",
     ]
     lines += [
-        f"| `{row['variant']}` | `{row['baseline']}` | {_ratio(row['rps'])} | {_ratio(row['p99_ms'])} |" for row in rows
+        f"| `{row['variant']}` | `{row['baseline']}` | {row['rps']['blocks']} | {_ratio(row['rps'])} "
+        f"| {_ratio(row['p99_ms'])} |"
+        for row in rows
     ]
     return [*lines, ""]
 
@@ -295,44 +312,12 @@ def _soak(records: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
-# Measured within this share of the expected ceiling: the harness and the model agree.
-PHYSICS_TOLERANCE = 0.15
-SATURATED_CPU = 90.0
-
-
-def physics_rows(pair: Pair, records: list[dict[str, Any]], knobs: dict[str, int], cpus: int) -> list[dict[str, Any]]:
-    """Expected ceilings next to measured throughput, with the deviation and, when they
-    disagree, what the samples say limited the measurement."""
-    if pair.physics is None:
-        return []
-    rows = []
-    for r in records:
-        if r["status"] != "ok":
-            continue
-        expected = pair.physics(knobs, int(r["users"] or 0), cpus).get(r["variant"])
-        if expected is None:
-            continue
-        ceiling, why = expected
-        deviation = (r["rps"] - ceiling) / ceiling
-        if r.get("flags"):
-            verdict = f"not judged: {'; '.join(r['flags'])}"
-        elif abs(deviation) <= PHYSICS_TOLERANCE:
-            verdict = "agrees"
-        elif deviation < 0 and (r.get("server_cpu_pct") or 0) >= SATURATED_CPU:
-            verdict = f"below: the server was CPU-bound ({r['server_cpu_pct']:.0f}% CPU) before the ceiling"
-        else:
-            verdict = f"disagrees by {100 * deviation:+.0f}%: the model or the harness is wrong here"
-        rows.append({"variant": r["variant"], "expected": ceiling, "why": why, "measured": r["rps"],
-                     "ci": (r.get("ci") or {}).get("rps"), "deviation": deviation, "assessment": verdict})  # fmt: skip
-    return rows
-
-
 def _physics(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     lines = [
         f"**Physics check.** Throughput ceilings from first principles next to the measured figures; within "
-        f"{100 * PHYSICS_TOLERANCE:g}% they agree.",
+        f"{100 * analysis.PHYSICS_TOLERANCE:g}% they agree.",
         "",
         "| variant | expected ceiling req/s | from | measured req/s | deviation | assessment |",
         "|---|--:|---|--:|--:|---|",
@@ -343,6 +328,21 @@ def _physics(rows: list[dict[str, Any]]) -> list[str]:
             f"| `{row['variant']}` | {_num(row['expected'])} | {row['why']} | {_num(row['measured'])}{ci} "
             f"| {100 * row['deviation']:+.0f}% | {row['assessment']} |"
         )
+    lines += [
+        "",
+        "**Little's law.** In a closed loop, mean latency = users in the system / throughput. The users in the "
+        "system are those the server answered by the end of the warm-up: a server that leaves connections "
+        "unaccepted serves fewer users than the load offers, and its latency follows the users it serves.",
+        "",
+        "| variant | users offered | users answered by the warm-up's end | users answered / req/s | p50 ms | p99 ms |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    lines += [
+        f"| `{row['variant']}` | {_num(row.get('users'))} | {_num(row.get('users_answered'))} | "
+        f"{_num(row.get('little_ms'))} ms | {_num(row.get('p50_ms'))} | {_num(row.get('p99_ms'))} |"
+        for row in rows
+        if row.get("users_answered") is not None
+    ]
     return [*lines, ""]
 
 
@@ -363,17 +363,21 @@ def _pair_section(
     lines = [f"## `{pair.name}`: {pair.claim_id}", "", f"**Claim.** {pair.claim} Source: {_sources(pair)}.", ""]
     if verdict:
         lines += [f"**Verdict: {verdict['outcome']}.** {verdict['text']}", ""]
+        lines += _checks(
+            verdict.get("checks") or [], (summary.get("blocks") or {}).get(pair.name), verdict.get("shown") or []
+        )
     setup = [f"{k}={v}" for k, v in knobs.items()] + [f"{k}={v:g} (this pair's own)" for k, v in pair.load.items()]
     if setup:
         lines += [f"**Settings.** {', '.join(setup)}.", ""]
     lines += [*_table(records), "", *_table(records, RESOURCE_COLUMNS), ""]
-    lines += _comparisons([row for row in summary.get("comparisons", []) if row["pair"] == pair.name])
+    confidence = float(((summary.get("blocks") or {}).get(pair.name) or {}).get("confidence") or stats.CONFIDENCE)
+    lines += _comparisons([row for row in summary.get("comparisons", []) if row["pair"] == pair.name], confidence)
     lines += _open_loop(records)
     lines += _levels(records, p99_target(manifest))
     lines += _soak(records)
-    lines += _physics(physics_rows(pair, records, knobs, int(manifest["environment"]["cpu_count"] or 1)))
+    lines += _physics((summary.get("physics") or {}).get(pair.name) or [])
     lines += [f"![{pair.name} charts]({chart})" for chart in charts] + [""]
-    lines += [f"**How the verdict is decided.** {pair.decided_by}", "", f"**Mechanism.** {pair.mechanism}"]
+    lines += [f"**How the verdict is decided.** {pair.how_decided(knobs)}", "", f"**Mechanism.** {pair.mechanism}"]
     if pair.references:
         lines[-1] += " Upstream: " + ", ".join(reference_link(ref) for ref in pair.references) + "."
     lines.append("")
@@ -381,10 +385,10 @@ def _pair_section(
     if observed:
         lines += ["**What the variants counted** (their own `/counters`, whole server life):", ""]
         lines += [f"- `{variant}`: {_counters(counters)}" for variant, counters in observed] + [""]
-    warned = [(r["variant"], w) for r in records for w in (r.get("warnings") or [])]
+    warned = _warnings(records)
     if warned:
-        lines += ["**Warnings the servers printed:**", ""]
-        lines += [f"- `{variant}`: `{text}`" for variant, text in warned] + [""]
+        lines += ["**Warnings the servers printed** (each distinct one once, with how many samples printed it):", ""]
+        lines += [f"- `{variant}` ({n} of {total} samples): `{text}`" for variant, text, n, total in warned] + [""]
     failures = [(r["variant"], e, n) for r in records for e, n in (r.get("top_failures") or [])]
     if failures:
         lines += ["**Failures during load** (most frequent per variant):", ""]
@@ -403,6 +407,59 @@ def _pair_section(
         meta = store.read_json(run_dir / r["pair"] / r["variant"] / "variant.json")
         lines += [f"- `{r['variant']}` ({r['role']}): {meta['summary']}", "", "```python", meta["code"], "```", ""]
     return lines
+
+
+def _warnings(records: list[dict[str, Any]]) -> list[tuple[str, str, int, int]]:
+    """(variant, warning, samples that printed it, samples) for each distinct warning."""
+    out = []
+    for r in records:
+        counts = r.get("warning_counts") or {w: 1 for w in r.get("warnings") or []}
+        out += [(r["variant"], text, n, int(r.get("samples") or 1)) for text, n in counts.items()]
+    return out
+
+
+def _check_cell(check: dict[str, Any]) -> str:
+    unit = check["unit"]
+
+    def show(value: float | None) -> str:
+        if value is None:
+            return "n/a"
+        return checks.fmt_value(value, unit, 100.0 if unit == "%" else 1.0)
+
+    text = show(check["value"])
+    if check.get("low") is not None:
+        text += f" ({show(check['low'])} to {show(check['high'])})"
+    return text
+
+
+def _checks(
+    judged: list[dict[str, Any]], blocks: dict[str, Any] | None, shown: list[dict[str, Any]] | None = None
+) -> list[str]:
+    """The checks the verdict rests on, each with its figure, interval and outcome."""
+    if not judged:
+        return []
+    level = next((c["confidence"] for c in judged if c.get("confidence")), None)
+    took = ""
+    if blocks:
+        took = f" This pair took {blocks['blocks']} blocks and stopped: {blocks['stopped']}."
+    lines = [
+        "**Checks.** Each figure is the geometric mean (ratios) or mean of its per-block values with a "
+        + (f"{100 * level:.1f}% t-interval" if level else "t-interval")
+        + f" (the run's {100 * stats.CONFIDENCE:g}% shared over its planned looks); totals are exact counts.{took}",
+        "",
+        "| check | figure (interval) | threshold | p | outcome |",
+        "|---|--:|--:|--:|---|",
+    ]
+    for c in judged:
+        sign = "≥" if c["op"] == ">=" else "≤"
+        threshold = checks.fmt_value(c["threshold"], c["unit"], 100.0 if c["unit"] == "%" else 1.0)
+        p_value = "exact" if c.get("exact") else ("n/a" if c.get("p_value") is None else f"{c['p_value']:.2g}")
+        outcome = c["outcome"] + (f": {c['thin']}" if c.get("thin") else "")
+        lines.append(f"| {c['figure']} | {_check_cell(c)} | {sign} {threshold} | {p_value} | {outcome} |")
+    for c in shown or []:
+        thin = f": {c['thin']}" if c.get("thin") else ""
+        lines.append(f"| {c['figure']} | {_check_cell(c)} | | | shown, not deciding{thin} |")
+    return [*lines, ""]
 
 
 def _counters(counters: dict[str, Any]) -> str:
@@ -429,7 +486,8 @@ def _ledger(pairs: list[Pair], verdicts: dict[str, Any], manifest: dict[str, Any
         "| claim | verdict | deciding figures | section |",
         "|---|---|---|---|",
     ]
-    for pair in sorted(pairs, key=lambda p: (_claim_number(p.claim_id), p.order)):
+    claims = [p for p in pairs if p.claim_id.startswith("C")]
+    for pair in sorted(claims, key=lambda p: (_claim_number(p.claim_id), p.order)):
         verdict = verdicts.get(pair.name)
         outcome = f"**{verdict['outcome']}**" if verdict else "not measured"
         headline = (verdict or {}).get("headline") or ""
@@ -437,7 +495,48 @@ def _ledger(pairs: list[Pair], verdicts: dict[str, Any], manifest: dict[str, Any
             f"| {pair.claim_id}: {pair.claim} ({', '.join(pair.sources)}) | {outcome} | {headline} | "
             f"[`{pair.name}`](#{pair.name}-{pair.claim_id.lower()}) |"
         )
-    return [*lines, "", "Articles: " + "; ".join(f'{a.key} = "{a.title}"' for a in ARTICLES.values()) + ".", ""]
+    lines += ["", *_noise_floor(pairs, verdicts)]
+    return [*lines, "Articles: " + "; ".join(f'{a.key} = "{a.title}"' for a in ARTICLES.values()) + ".", ""]
+
+
+def _noise_floor(pairs: list[Pair], verdicts: dict[str, Any]) -> list[str]:
+    """The A/A control beside the ledger: how far apart this run put identical variants,
+    and every threshold a rule compares a ratio with, read against it."""
+    control = next((p for p in pairs if not p.claim_id.startswith("C")), None)
+    verdict = verdicts.get(control.name) if control else None
+    if control is None or verdict is None:
+        return []
+    lines = [
+        f"**Noise floor** ([`{control.name}`](#{control.name}-aa), two identical variants): "
+        + "; ".join(f"{c['figure']} {_check_cell(c)}: {c['outcome']}" for c in verdict.get("checks") or [])
+        + "".join(f"; {c['figure']} {_check_cell(c)} (shown)" for c in verdict.get("shown") or [])
+        + ".",
+        "",
+    ]
+    floor = next((c for c in verdict.get("checks") or [] if c.get("low") is not None), None)
+    thresholds = sorted(
+        {
+            (pair.name, check.figure.metric.label, check.threshold)
+            for pair in pairs
+            if pair.rule is not None and pair is not control
+            for check in pair.rule(pair.knobs).checks
+            if check.figure.kind == "ratio"
+        }
+    )
+    if floor and thresholds:
+        inside = [t for t in thresholds if floor["low"] <= t[2] <= floor["high"]]
+        listed = ", ".join(f"`{name}` {label} {threshold:g}x" for name, label, threshold in thresholds)
+        lines += [
+            f"Ratio thresholds of the rules, against the floor's {floor['low']:.2f}x to {floor['high']:.2f}x: "
+            f"{listed}. "
+            + (
+                f"Inside the floor: {', '.join(f'`{n}` {t:g}x' for n, _, t in inside)}."
+                if inside
+                else "None lies inside it."
+            ),
+            "",
+        ]
+    return lines
 
 
 def _companions(run_dir: Path, prefix_of: Callable[[Path], str]) -> list[str]:
@@ -541,13 +640,21 @@ def render(run_dir: Path, write_top_report: bool) -> Path:
             "the end of the warm-up to its last request, and throughput is their total over that window; "
             "percentiles come from the processes' merged response-time buckets, which Locust rounds to two "
             "significant figures above 100 ms.",
-            "- Repeats: a figure is the median over the variant's samples; the interval after it is a "
-            f"{100 * stats.CONFIDENCE:g}% percentile "
-            f"bootstrap ({stats.RESAMPLES:,} resamples, fixed seed) over repeats when there are at least "
-            f"{stats.MIN_REPEATS}, otherwise over the run's per-second throughput (then only req/s has one, and it "
-            "says how steady one run was, not how much runs differ). ⚠ marks a figure whose standard deviation over "
-            f"repeats exceeds {100 * stats.SPREAD_WARNING:g}% of its mean. A ratio's interval resamples both "
-            "variants; a difference is not significant when the two intervals overlap.",
+            "- Blocks: a block runs every variant of a pair once, back to back, in an order shuffled per block, so "
+            "the slow drift of a shared machine cancels in the ratios within it. Every pair runs the scenario's "
+            "minimum of blocks; the runner then looks at each pair's checks at a few planned numbers of blocks and "
+            "gives more blocks, while the run's time budget lasts, only to pairs whose interval still straddles a "
+            "threshold. Each look spends an equal share of the 5% error rate (Bonferroni), so the interval a pair "
+            f"stops on covers with at least {100 * stats.CONFIDENCE:g}% whichever look it stopped at; "
+            "tests/test_coverage.py checks that on simulated runs with heavy-tailed noise and drift.",
+            "- Figures: a ratio is the geometric mean of its per-block ratios with a t-interval on their logs and a "
+            "paired t-test; a variant's throughput and loop lag are means over its blocks with a t-interval; its "
+            "latency percentiles come from its response-time buckets merged across blocks, marked thin below "
+            f"{checks.P99_MIN_REQUESTS} requests. ⚠ marks a figure whose standard deviation over blocks exceeds "
+            f"{100 * stats.SPREAD_WARNING:g}% of its mean.",
+            "- Saturation: a closed loop with no wait time keeps the machine's cores busy by design, so the table "
+            "gives server, PostgreSQL and generator CPU and their sum per sample; claims about the cost per request "
+            "are decided on server CPU time per request, which the generator's share does not distort.",
             "- Open loop: requests fall due at a fixed rate whether or not earlier ones returned; latency is counted "
             "from the due time, and a send more than 10 ms late is counted as late.",
             f"- Saturation guards: the load generator's CPU (busiest Locust process), the server's and PostgreSQL's "

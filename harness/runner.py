@@ -28,7 +28,7 @@ from typing import Any
 
 import psycopg2
 
-from harness import analysis, database, report, store
+from harness import analysis, database, stats, store
 from harness.database import Database
 from harness.pairs import ROOT, BenchError, Pair, Variant
 from harness.procs import (
@@ -66,6 +66,8 @@ class RunPlan:
 
 def resolve_knobs(pairs: list[Pair], settings: list[str]) -> dict[str, dict[str, int]]:
     """Each pair's default knobs with `--set KEY=VALUE` applied where the pair has KEY."""
+    from harness.scenario import knob_bound, show  # the bounds live with the scenario's, in one place
+
     knobs = {pair.name: dict(pair.knobs) for pair in pairs}
     for setting in settings:
         key, sep, raw = setting.partition("=")
@@ -81,6 +83,9 @@ def resolve_knobs(pairs: list[Pair], settings: list[str]) -> dict[str, dict[str,
             raise BenchError(f"--set {key} needs a whole number, got {raw!r}") from None
         if value <= 0:
             raise BenchError(f"--set {key} must be greater than 0, got {value}")
+        bound = knob_bound(key)
+        if value > bound.maximum:
+            raise BenchError(f"--set {key} must be {bound.text()}, got {show(value)}")
         for name in owners:
             knobs[name][key] = value
     return knobs
@@ -154,7 +159,8 @@ def _start_once(
     env = os.environ | {
         "BENCH_DSN": db.variant_dsn,
         "BENCH_VARIANT": variant.name,
-        "BENCH_KNOBS": json.dumps(knobs),
+        # Every knob the pair declares, with the run's values: the apps keep no defaults of their own.
+        "BENCH_KNOBS": json.dumps(pair.knobs | knobs),
         "BENCH_LOOP_LAG_FILE": str(folder / "loop_lag.csv"),
         "BENCH_UPSTREAM_URL": upstream_url,
         "PYTHONPATH": str(ROOT),
@@ -244,48 +250,110 @@ class Sample:
     mode: str  # "closed" (Locust's users), "open" (a fixed request rate) or "soak"
     users: int
     rate: float  # open loop: requests per second; 0 otherwise
-    repeat: int
+    block: int  # which block of its pair (a block runs every variant of the pair once)
     primary: bool  # the measurement the verdict is decided on
 
     @property
     def id(self) -> str:
         load = f"rate{self.rate:g}-u{self.users}" if self.mode == "open" else f"u{self.users}"
-        return f"{self.mode}-{load}-r{self.repeat}"
+        return f"{self.mode}-{load}-b{self.block}"
 
     @property
     def label(self) -> str:
         return f"{self.pair.name}/{self.variant.name} {self.id}"
 
 
+def block_samples(plan: RunPlan, pair: Pair, block: int) -> list[Sample]:
+    """One block of a pair: every variant once at each load the run measures, back to
+    back, so the drift of a shared machine cancels in the ratios within the block. The
+    order is shuffled per block (seeded); open-loop samples come with the first block only."""
+    scenario = plan.scenario_for(pair)
+    primary_users = primary_level(scenario, pair)
+    # A pair that fixes its users for the experiment is not swept.
+    levels = scenario.levels if scenario.levels and "users" not in pair.load else (primary_users,)
+    batch = []
+    for variant in pair.variants:
+        if scenario.rate > 0:
+            batch.append(Sample(pair, variant, "open", scenario.users, scenario.rate, block, True))
+            continue
+        for users in levels:
+            batch.append(Sample(pair, variant, "closed", users, 0.0, block, users == primary_users))
+        rate = pair.open_loop_rate(plan.knobs[pair.name]) if pair.open_loop_rate else 0.0
+        if scenario.open_loop and rate > 0 and block == 1:  # shown beside the verdict, not deciding it
+            batch.append(Sample(pair, variant, "open", scenario.users, rate, block, False))
+    if plan.shuffle_seed is not None:
+        random.Random(f"{plan.shuffle_seed}-{pair.name}-{block}").shuffle(batch)
+    return batch
+
+
+def pair_order(plan: RunPlan, pairs: list[Pair], block: int) -> list[Pair]:
+    """The pairs in a round of blocks: declared order, or shuffled per round (seeded)."""
+    ordered = list(pairs)
+    if plan.shuffle_seed is not None:
+        random.Random(plan.shuffle_seed + block).shuffle(ordered)
+    return ordered
+
+
 def sample_plan(plan: RunPlan) -> list[Sample]:
-    """Every measurement of the run, in the order they run. Each repeat measures every
-    variant once per load, shuffled (seeded) so no variant always goes first."""
+    """The run's fixed part, in the order it runs: `repeats` rounds in which every pair
+    runs one block, then the soaks. Further blocks depend on what these show
+    (`plan_more_blocks`)."""
     samples: list[Sample] = []
-    for repeat in range(1, plan.scenario.repeats + 1):
-        batch = []
-        for pair in plan.pairs:
-            scenario = plan.scenario_for(pair)
-            primary_users = primary_level(scenario, pair)
-            # A pair that fixes its users for the experiment is not swept.
-            levels = scenario.levels if scenario.levels and "users" not in pair.load else (primary_users,)
-            for variant in pair.variants:
-                if scenario.rate > 0:
-                    batch.append(Sample(pair, variant, "open", scenario.users, scenario.rate, repeat, True))
-                    continue
-                for users in levels:
-                    batch.append(Sample(pair, variant, "closed", users, 0.0, repeat, users == primary_users))
-                rate = pair.open_loop_rate(plan.knobs[pair.name]) if pair.open_loop_rate else 0.0
-                if scenario.open_loop and rate > 0:
-                    batch.append(Sample(pair, variant, "open", scenario.users, rate, repeat, False))
-        if plan.shuffle_seed is not None:
-            random.Random(plan.shuffle_seed + repeat).shuffle(batch)
-        samples += batch
+    for block in range(1, plan.scenario.repeats + 1):
+        for pair in pair_order(plan, plan.pairs, block):
+            samples += block_samples(plan, pair, block)
     if plan.scenario.soak_s > 0:
         for pair in plan.pairs:
             if pair.soak:
                 users = plan.scenario_for(pair).users
                 samples += [Sample(pair, variant, "soak", users, 0.0, 1, False) for variant in pair.variants]
     return samples
+
+
+@dataclass(frozen=True)
+class PairProgress:
+    """Where a pair stands after a look at its blocks."""
+
+    blocks: int  # blocks measured
+    undecided: int  # checks whose interval still straddles their threshold
+    block_s: float  # seconds one of its blocks took, on average
+
+
+def plan_more_blocks(
+    standing: dict[str, PairProgress], looks: tuple[int, ...], left_s: float, fixed: dict[str, int] | None = None
+) -> tuple[dict[str, int], dict[str, str]]:
+    """Which pairs get more blocks, up to which look, and why the others stop.
+
+    A pair goes on only while some check that could change its outcome still straddles
+    its threshold; it then runs to the next planned look (never looking in between, so
+    the error rate each look spends stays what stats.look_confidence assumes). Cheaper
+    pairs go first while the run's time budget lasts. A control with a fixed number of
+    blocks (`fixed`) runs them whatever its checks say, budget permitting."""
+    more: dict[str, int] = {}
+    stopped: dict[str, str] = {}
+    fixed = fixed or {}
+    for name, now in sorted(standing.items(), key=lambda item: (item[0] not in fixed, item[1].block_s)):
+        if name in fixed:
+            cost = (fixed[name] - now.blocks) * now.block_s
+            if now.blocks >= fixed[name]:
+                stopped[name] = f"its fixed {fixed[name]} blocks"
+            elif cost > left_s:
+                stopped[name] = "budget spent"
+            else:
+                more[name], left_s = fixed[name], left_s - cost
+            continue
+        later = [look for look in looks if look > now.blocks]
+        if not now.undecided:
+            stopped[name] = "decided"
+        elif not later:
+            stopped[name] = f"undecided at the most blocks ({looks[-1]})"
+        else:
+            cost = (later[0] - now.blocks) * now.block_s
+            if cost > left_s:
+                stopped[name] = "budget spent"
+            else:
+                more[name], left_s = later[0], left_s - cost
+    return more, stopped
 
 
 def primary_level(scenario: Scenario, pair: Pair) -> int:
@@ -306,10 +374,20 @@ def _locust_argv(role: list[str]) -> list[str]:
 
 
 def start_locust(
-    port: int, path: str, scenario: Scenario, sample: Sample | None, folder: Path, run_time: float
+    port: int,
+    path: str,
+    scenario: Scenario,
+    sample: Sample | None,
+    folder: Path,
+    run_time: float,
+    measure: tuple[float, int, float] | None = None,
 ) -> ManagedProcess:
     """Locust headless against the server: one process, or a master with
-    `locust_workers` worker processes (its companions), all on loopback."""
+    `locust_workers` worker processes (its companions), all on loopback. `measure` is
+    (measured seconds, least requests, most measured seconds): the locustfile ends the
+    warm-up once every user has completed a request, and stops the load itself once the
+    measured phase may end; `run_time` (Locust's -t) is only the outer bound."""
+    duration_s, min_requests, max_measure_s = measure or (scenario.duration_s, 0, scenario.duration_s)
     options = [
         "--bench-path", path,
         "--bench-rows", str(scenario.rows),
@@ -318,6 +396,9 @@ def start_locust(
         "--bench-phases", str(folder / "phases.json"),
         "--bench-rate", str(sample.rate if sample else 0.0),
         "--bench-check-body", "1" if sample else "0",
+        "--bench-duration", str(duration_s),
+        "--bench-min-requests", str(min_requests),
+        "--bench-max-measure", str(max_measure_s),
     ]  # fmt: skip
     workers = scenario.locust_workers
     users = sample.users if sample else scenario.users
@@ -366,11 +447,23 @@ def run_load(
 ) -> None:
     """One Locust run to its end (warm-up + measured, or a soak), bounded by a deadline;
     a server that dies ends it at once. `sample` None: calibration."""
-    measured_s = scenario.soak_s if sample and sample.mode == "soak" else scenario.duration_s
-    run_time = math.ceil(scenario.warmup_s + measured_s)
+    soak = bool(sample and sample.mode == "soak")
+    measured_s = scenario.soak_s if soak else scenario.duration_s
+    # The measured phase: at least `measured_s`, longer until the tally holds
+    # `min_requests` (scenario fields, where the scenario has them), at most
+    # `max_measure_s`; a soak measures exactly its length.
+    min_requests = 0 if soak else int(getattr(scenario, "min_requests", 0) or 0)
+    max_measure_s = measured_s if soak else max(measured_s, float(getattr(scenario, "max_measure_s", 0) or 0))
+    # The warm-up ends once every user has completed a request, at the latest after
+    # warm-up + one request timeout (the locustfile's cap); Locust's -t is the sum of the
+    # caps and a second, so the locustfile, not the timer, normally ends the load.
+    warmup_cap_s = scenario.warmup_s + scenario.request_timeout_s
+    run_time = math.ceil(warmup_cap_s + max_measure_s) + 1
     deadline = run_time + scenario.request_timeout_s + 30 + 10 * scenario.locust_workers
     started = time.monotonic()
-    locust = start_locust(port, path, scenario, sample, folder, run_time)  # started: stop it, do not re-enter
+    measure = (measured_s, min_requests, max_measure_s)
+    # started: stop it, do not re-enter
+    locust = start_locust(port, path, scenario, sample, folder, run_time, measure)
     try:
         sampler.watch_generator([locust, *locust.companions])
         while (code := locust.wait(1.0)) is None:
@@ -381,8 +474,16 @@ def run_load(
                 raise BenchError(
                     f"server exited with status {server.exited()} during load: {log_tail(folder / 'server.log', 3)}"
                 )
-            phase = "measuring" if "measure_start" in store.read_phases(folder) else "warm-up"
-            progress.tick(f"{phase}  {max(0, run_time - elapsed):3.0f} s left  {sampler.last_total} backends")
+            phases = store.read_phases(folder)
+            if "measure_start" in phases:  # the measured phase: its duration, and its cap
+                measuring = time.time() - phases["measure_start"]
+                left = f"measuring  {max(0, measured_s - measuring):3.0f} s left"
+                if max_measure_s > measured_s:
+                    left += f" (at most {max(0, max_measure_s - measuring):.0f})"
+            else:  # the warm-up: its length, and its cap
+                left = f"warm-up  {max(0, scenario.warmup_s - elapsed):3.0f} s left"
+                left += f" (at most {max(0, warmup_cap_s - elapsed):.0f}) + {measured_s:.0f} s measured"
+            progress.tick(f"{left}  {sampler.last_total} backends")
         if code != 0:
             raise BenchError(f"Locust exited with status {code}: {log_tail(folder / 'locust.log', 3)}")
         # Locust's master quits before its workers have finished their last requests
@@ -482,7 +583,7 @@ def measure_sample(plan: RunPlan, db: Database, sample: Sample, progress: Progre
         "mode": sample.mode,
         "users": sample.users,
         "rate": sample.rate,
-        "repeat": sample.repeat,
+        "block": sample.block,
         "primary": sample.primary,
         "workers": scenario.locust_workers,
         "load_overrides": pair.load,
@@ -492,12 +593,24 @@ def measure_sample(plan: RunPlan, db: Database, sample: Sample, progress: Progre
     if sample.mode == "soak":
         meta["recovery_s"] = recovery_s(scenario)
     store.write_json(folder / "sample.json", meta)
+    # Seconds each phase took: what a sample costs beyond its load, for the budget.
+    timings: dict[str, float] = meta.setdefault("timings", {})
+    clock = [time.monotonic()]
+
+    def lap(phase: str) -> None:
+        now = time.monotonic()
+        timings[phase] = round(now - clock[0], 3)
+        clock[0] = now
+
     try:
         meta["baseline_connections"] = database.wait_for_backends(db, 0, scenario.settle_timeout_s)
+        lap("baseline")
         progress.say("starting server")
         server, port = start_server(pair, variant, knobs, db, folder, scenario)
+        lap("start")
         try:
             meta["verification"] = verify(port, variant, db, scenario.rows, scenario.request_timeout_s)
+            lap("verify")
             progress.say("verified; load running")
             sampler = ConnectionSampler(
                 db, server.pid, folder / "connections.csv", scenario.sample_interval_s, db.server_pid
@@ -507,13 +620,17 @@ def measure_sample(plan: RunPlan, db: Database, sample: Sample, progress: Progre
                 sampler,
                 Probe("127.0.0.1", port, folder / "probe.csv", scenario.probe_rate, scenario.request_timeout_s),
             ):
+                lap("lock")
                 run_load(port, variant.path, scenario, sample, folder, progress, sampler, server)
                 if sample.mode == "soak":  # quiet recovery: the samplers keep running, no load
                     progress.say(f"load done; {meta['recovery_s']:.0f} s of recovery without load")
                     time.sleep(meta["recovery_s"])
+                lap("load")
             meta["counters"] = read_counters(port)
+            lap("counters")
         finally:
             server.stop()
+            lap("stop")
             meta["warnings"] = server_warnings(folder / "server.log")
         meta["status"] = "ok"
     except (BenchError, psycopg2.Error) as err:
@@ -533,6 +650,7 @@ def measure_sample(plan: RunPlan, db: Database, sample: Sample, progress: Progre
                 progress.say(f"WARNING: {meta['settled_connections']} backends still open after settling")
         except Exception as err:  # the database itself may be what failed
             meta["settle_error"] = database.first_line(err)
+        lap("settle")
         store.compress_raw(folder)
         store.write_json(folder / "sample.json", meta)
     record = analysis.summarize_sample(folder)
@@ -611,10 +729,40 @@ def _completed(folder: Path) -> bool:
         return False
 
 
+def _measure_one(
+    plan: RunPlan, db: Database, sample: Sample, progress: Progress, samples: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """One sample, kept from an earlier attempt when resuming; the summary is rewritten
+    after each, so a crash leaves every completed sample counted."""
+    progress.step(f"{sample.pair.name}/{sample.variant.name}", sample.id)
+    folder = store.variant_dir(plan.run_dir, sample.pair.name, sample.variant.name) / sample.id
+    if plan.resume and _completed(folder):
+        progress.say("measured before; kept")
+        record = analysis.summarize_sample(folder)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)  # a half-measured sample starts over
+        record = measure_sample(plan, db, sample, progress)
+    samples.append(record)
+    write_summary(plan, samples)
+    return record
+
+
+def _standing(
+    plan: RunPlan, samples: list[dict[str, Any]], seconds: dict[str, float], confidence: float
+) -> dict[str, PairProgress]:
+    """Each pair's blocks so far, how many of its checks are still open, and what a block costs."""
+    standing = {}
+    for pair in plan.pairs:
+        mine = [s for s in samples if s["pair"] == pair.name]
+        blocks = len({s.get("block") for s in mine if s.get("primary")})
+        decision = analysis.decide_pair(pair, mine, plan.knobs[pair.name], confidence)
+        standing[pair.name] = PairProgress(blocks, len(decision.undecided), seconds[pair.name] / max(1, blocks))
+    return standing
+
+
 def _measure_all(
     plan: RunPlan,
     db: Database,
-    order: list[Sample],
     manifest: dict[str, Any],
     samples: list[dict[str, Any]],
 ) -> None:
@@ -627,7 +775,9 @@ def _measure_all(
     store.write_json(plan.run_dir / "manifest.json", manifest)
     database.prepare(db, plan.scenario.rows)
     print(f"run folder: {plan.run_dir}", file=sys.stderr)  # only once there is something to run
-    progress = Progress(len(order) + (1 if plan.scenario.calibrate_s else 0))
+    started = time.monotonic()
+    fixed = sample_plan(plan)
+    progress = Progress(len(fixed) + (1 if plan.scenario.calibrate_s else 0))
     if plan.scenario.calibrate_s:
         progress.step("calibration", "load generator ceiling")
         calibration = (
@@ -641,21 +791,64 @@ def _measure_all(
         if workers != plan.scenario.locust_workers:
             progress.say(f"using Locust's distributed mode: {why}")
             plan.scenario = replace(plan.scenario, locust_workers=workers)
-    for sample in order:
-        progress.step(f"{sample.pair.name}/{sample.variant.name}", sample.id)
-        folder = store.variant_dir(plan.run_dir, sample.pair.name, sample.variant.name) / sample.id
-        if plan.resume and _completed(folder):
-            progress.say("measured before; kept")
-            samples.append(analysis.summarize_sample(folder))
-            continue
-        shutil.rmtree(folder, ignore_errors=True)  # a half-measured sample starts over
-        samples.append(measure_sample(plan, db, sample, progress))
-        write_summary(plan, samples)
+    looks = stats.looks(plan.scenario.repeats, max(plan.scenario.repeats, plan.scenario.max_blocks))
+    confidence = stats.look_confidence(looks)
+    manifest["looks"], manifest["look_confidence"] = list(looks), confidence
+    seconds = dict.fromkeys((pair.name for pair in plan.pairs), 0.0)
+    soaks = [sample for sample in fixed if sample.mode == "soak"]
+    for sample in (sample for sample in fixed if sample.mode != "soak"):
+        began = time.monotonic()
+        _measure_one(plan, db, sample, progress, samples)
+        seconds[sample.pair.name] += time.monotonic() - began
+    # More blocks where an interval still straddles its threshold, look by look, while
+    # the budget lasts (the soaks' time is set aside for them).
+    soak_s = sum(plan.scenario.soak_s + recovery_s(plan.scenario) + 15 for _ in soaks)
+    stopped: dict[str, str] = {}
+    while True:
+        left_s = plan.scenario.budget_s - (time.monotonic() - started) - soak_s
+        standing = _standing(plan, samples, seconds, confidence)
+        # A control runs its own fixed blocks where the scenario gives blocks beyond its minimum.
+        adaptive = plan.scenario.max_blocks > plan.scenario.repeats
+        fixed = {p.name: p.fixed_blocks if adaptive else plan.scenario.repeats for p in plan.pairs if p.fixed_blocks}
+        more, stopped_now = plan_more_blocks(standing, looks, left_s, fixed)
+        stopped |= stopped_now
+        manifest["blocks"] = {
+            name: {
+                "blocks": now.blocks,
+                "undecided_checks": now.undecided,
+                "stopped": stopped.get(name, "running"),
+                "confidence": stats.CONFIDENCE if name in fixed else confidence,
+            }
+            for name, now in standing.items()
+        }
+        store.write_json(plan.run_dir / "manifest.json", manifest)
+        if not more:
+            break
+        going = [pair for pair in plan.pairs if pair.name in more]
+        extra = [
+            sample
+            for block in range(min(standing[p.name].blocks for p in going) + 1, max(more.values()) + 1)
+            for pair in pair_order(plan, going, block)
+            if standing[pair.name].blocks < block <= more[pair.name]
+            for sample in block_samples(plan, pair, block)
+        ]
+        progress.total += len(extra)
+        progress.say(
+            f"{len(going)} pairs still undecided ({', '.join(more)}): {len(extra)} more samples, "
+            f"{max(0.0, left_s) / 60:.1f} min of budget left"
+        )
+        for sample in extra:
+            began = time.monotonic()
+            _measure_one(plan, db, sample, progress, samples)
+            seconds[sample.pair.name] += time.monotonic() - began
+    for sample in soaks:
+        _measure_one(plan, db, sample, progress, samples)
 
 
 def run(plan: RunPlan, db: Database | None = None) -> Path:
-    """Measure every sample of the plan (on `db` if given, else one provisioned for the
-    run), writing each sample's files as it goes; then render the report."""
+    """Measure the plan (on `db` if given, else one provisioned for the run), writing each
+    sample's files as it goes and summary.json after each. Rendering is a separate step
+    (harness.report), which reads only what this stored."""
     if plan.resume:
         manifest = store.read_json(plan.run_dir / "manifest.json")
         manifest.setdefault("resumed", []).append(store.now())
@@ -665,13 +858,12 @@ def run(plan: RunPlan, db: Database | None = None) -> Path:
         manifest["writes_top_report"] = plan.write_top_report
     manifest |= {"status": "running", "finished": None}
     manifest["variants"] = {pair.name: [v.name for v in pair.variants] for pair in plan.pairs}
-    order = sample_plan(plan)
-    manifest["order"] = [sample.label for sample in order]
+    manifest["order"] = [sample.label for sample in sample_plan(plan)]  # the fixed part; more blocks may follow
     store.write_json(plan.run_dir / "manifest.json", manifest)
     samples: list[dict[str, Any]] = []
     try:
         with contextlib.nullcontext(db) if db else database.provision(plan.dsn, PG_HOME) as ready:
-            _measure_all(plan, ready, order, manifest, samples)
+            _measure_all(plan, ready, manifest, samples)
         manifest["status"] = "complete"
     except (KeyboardInterrupt, Interrupted):
         manifest["status"] = "interrupted"
@@ -684,5 +876,4 @@ def run(plan: RunPlan, db: Database | None = None) -> Path:
         store.write_json(plan.run_dir / "manifest.json", manifest)
         if samples:
             write_summary(plan, samples)
-    report.render(plan.run_dir, write_top_report=plan.write_top_report)
     return plan.run_dir

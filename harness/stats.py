@@ -1,23 +1,31 @@
 """The statistics behind every interval, ratio and warning in the report.
 
-Intervals are percentile bootstraps with a fixed seed, so rebuilding a report from the
-same files gives the same numbers. Over repeats (each a fresh server) when there are at
-least MIN_REPEATS; otherwise over the per-second throughput of the measured window,
-which says how steady one run was, not how much runs differ.
+Comparisons between variants are paired by block: a block runs every variant of a pair
+once, back to back, so the slow drift of a shared machine cancels in the per-block
+ratios. A ratio's interval is a t-interval on the per-block log-ratios (a geometric
+mean), its p-value a paired t-test; with 3 to 12 blocks only the t distribution fits
+(a Wilcoxon test cannot reach p < 0.05 below 6 blocks, a BCa bootstrap needs many more).
+
+The runner looks at a pair's intervals after a few fixed numbers of blocks (LOOKS) and
+stops as soon as they decide; each look spends an equal share of the error rate
+(Bonferroni), so the interval it stops on covers the true value with at least
+CONFIDENCE however many looks it took. tests/test_coverage.py simulates that.
+
+A variant's own figures (throughput, loop lag) are means over its blocks with a
+t-interval; its latency percentiles come from its response-time buckets merged across
+blocks. Nothing here is random, so a rebuilt report gives the same numbers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95
-RESAMPLES = 2000
-MIN_REPEATS = 3  # fewer repeats than this: no interval from repeats
 SPREAD_WARNING = 0.10  # warn when the standard deviation over repeats is this share of the mean
-SEED = 20261123
 
 
 def _clean(values: Sequence[float | None]) -> np.ndarray:
@@ -44,36 +52,88 @@ def bucket_percentile(buckets: dict[float, int], count: int, share: float) -> fl
     return 0.0
 
 
-def bootstrap_ci(
-    values: Sequence[float | None], statistic: Callable[..., np.ndarray] = np.median
-) -> tuple[float, float] | None:
-    """A 95% percentile-bootstrap interval of `statistic` (a numpy reduction taking
-    `axis`, e.g. np.median or np.mean); None with fewer than 2 values."""
+@dataclass(frozen=True)
+class Interval:
+    """An estimate from paired blocks with its interval at `confidence`."""
+
+    estimate: float
+    low: float
+    high: float
+    blocks: int
+    confidence: float
+    p_value: float  # two-sided, against no difference (ratio 1, difference 0), at this look
+
+    def excludes(self, null: float) -> bool:
+        return not self.low <= null <= self.high
+
+
+def t_interval(values: Sequence[float | None], confidence: float = CONFIDENCE) -> Interval | None:
+    """The mean of per-block values with a Student t interval and a one-sample t-test
+    against 0; None below 2 values. No spread at all: the interval is the point."""
     known = _clean(values)
-    if len(known) < 2:
+    n = len(known)
+    if n < 2:
         return None
-    rng = np.random.default_rng(SEED)
-    draws = rng.choice(known, size=(RESAMPLES, len(known)), replace=True)
-    estimates = statistic(draws, axis=1)  # all resamples at once: the summary is rebuilt after every sample
-    tail = (1 - CONFIDENCE) / 2 * 100
-    return float(np.percentile(estimates, tail)), float(np.percentile(estimates, 100 - tail))
+    mean = float(np.mean(known))
+    error = float(np.std(known, ddof=1)) / np.sqrt(n)
+    if error == 0:
+        return Interval(mean, mean, mean, n, confidence, 1.0 if mean == 0 else 0.0)
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * error
+    p_value = float(2 * scipy_stats.t.sf(abs(mean) / error, n - 1))
+    return Interval(mean, mean - half, mean + half, n, confidence, p_value)
 
 
-def ratio_ci(numerator: Sequence[float | None], denominator: Sequence[float | None]) -> tuple[float, float] | None:
-    """A 95% bootstrap interval of median(numerator) / median(denominator), each side
-    resampled on its own; None with fewer than 2 values on either side."""
-    top, bottom = _clean(numerator), _clean(denominator)
+def log_ratio_interval(ratios: Sequence[float | None], confidence: float = CONFIDENCE) -> Interval | None:
+    """The geometric mean of per-block ratios with the t interval of their logs, back
+    on the ratio scale; None below 2 usable (positive) ratios."""
+    logs = [float(np.log(r)) for r in ratios if r is not None and np.isfinite(r) and r > 0]
+    found = t_interval(logs, confidence)
+    if found is None:
+        return None
+    return Interval(
+        float(np.exp(found.estimate)),
+        float(np.exp(found.low)),
+        float(np.exp(found.high)),
+        found.blocks,
+        confidence,
+        found.p_value,
+    )
+
+
+def welch_log_ratio_interval(
+    numerator: Sequence[float | None], denominator: Sequence[float | None], confidence: float = CONFIDENCE
+) -> Interval | None:
+    """Two unpaired sets of values (two runs): the ratio of their geometric means with a
+    Welch t-interval on the logs; None below 2 positive values on either side."""
+    top = np.log([v for v in _clean(numerator) if v > 0])
+    bottom = np.log([v for v in _clean(denominator) if v > 0])
     if len(top) < 2 or len(bottom) < 2:
         return None
-    rng = np.random.default_rng(SEED)
-    tops = np.median(rng.choice(top, size=(RESAMPLES, len(top)), replace=True), axis=1)
-    bottoms = np.median(rng.choice(bottom, size=(RESAMPLES, len(bottom)), replace=True), axis=1)
-    keep = bottoms != 0
-    if not keep.any():
-        return None
-    ratios = tops[keep] / bottoms[keep]
-    tail = (1 - CONFIDENCE) / 2 * 100
-    return float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))
+    found = scipy_stats.ttest_ind(top, bottom, equal_var=False)
+    difference = float(np.mean(top) - np.mean(bottom))
+    if not np.isfinite(found.statistic):  # no spread on either side
+        return Interval(float(np.exp(difference)), float(np.exp(difference)), float(np.exp(difference)),
+                        min(len(top), len(bottom)), confidence, 1.0 if difference == 0 else 0.0)  # fmt: skip
+    low, high = found.confidence_interval(confidence)
+    return Interval(
+        float(np.exp(difference)), float(np.exp(low)), float(np.exp(high)),
+        min(len(top), len(bottom)), confidence, float(found.pvalue),
+    )  # fmt: skip
+
+
+# The numbers of blocks after which the runner looks at a pair's intervals: the
+# scenario's minimum, then doubling up to its maximum.
+def looks(min_blocks: int, max_blocks: int) -> tuple[int, ...]:
+    found = [min_blocks]
+    while found[-1] < max_blocks:
+        found.append(min(max_blocks, found[-1] * 2))
+    return tuple(found)
+
+
+def look_confidence(planned_looks: Sequence[int], confidence: float = CONFIDENCE) -> float:
+    """Each look's confidence: the error rate shared equally by every planned look, so
+    whichever look a pair stops at, its interval covers with at least `confidence`."""
+    return 1 - (1 - confidence) / max(1, len(planned_looks))
 
 
 def spread(values: Sequence[float | None]) -> float | None:
@@ -82,14 +142,6 @@ def spread(values: Sequence[float | None]) -> float | None:
     if len(known) < 2 or np.mean(known) == 0:
         return None
     return float(np.std(known, ddof=1) / abs(np.mean(known)))
-
-
-def overlap(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool | None:
-    """Whether two intervals overlap (then the difference is not significant); None when
-    either is missing."""
-    if a is None or b is None:
-        return None
-    return a[0] <= b[1] and b[0] <= a[1]
 
 
 def slope_per_min(times: Sequence[float], values: Sequence[float | None]) -> float | None:

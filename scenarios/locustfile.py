@@ -12,11 +12,27 @@ workers, so a distributed run measures exactly what a single process does. The
 wall-clock times of start, end of warm-up and stop go to `--bench-phases` so the runner
 can cut its own samples to the same window.
 
+The warm-up ends once `--bench-warmup` seconds have passed, every user has been spawned
+and every user has completed at least one request (so connection set-up and the first
+queue of requests stay out of the measured window), or at the latest after the warm-up
+plus WARMUP_GRACE_S (or `--bench-timeout`, if shorter), for a variant where some user never
+completes; phases.json
+says whether that cap was hit and how many users had completed. The measured phase then
+lasts `--bench-duration` seconds and, with `--bench-min-requests N`, until the tally holds
+N requests, but never longer than `--bench-max-measure` seconds; then the locustfile stops
+the load itself (Locust's `-t` is only the outer bound). In distributed mode the workers
+report their users and counts to the master (`bench_status`, a few times a second), and the
+master decides both ends on the sums.
+
 Every process that sends requests (the single process, or each worker) keeps its own
-tally from the end of its warm-up to the end of its last request, and writes it as
-`tally-<pid>.json` when it stops. The runner merges them. A master's totals would not
-do: Locust's master quits 0.5 s after asking its workers to stop, while they may still
-be finishing requests for up to the stop timeout, so their last reports are lost.
+tally of the requests SENT between the end of its warm-up and the moment its users were
+told to stop (send time = completion - response time; in open loop that is the due
+time), and writes it as `tally-<pid>.json` when its users have finished. A request sent
+in the warm-up that completes after it is not counted, so no warm-up backlog lands in the
+window, and the window ends when sending stopped, so requests per second are sends per
+second of the window. The runner merges the tallies. A master's totals would not do:
+Locust's master quits 0.5 s after asking its workers to stop, while they may still be
+finishing requests for up to the stop timeout, so their last reports are lost.
 """
 
 from __future__ import annotations
@@ -35,6 +51,9 @@ from locust.stats import RequestStats, StatsError
 # A send later than this after its due time is "late": the generator could not keep up.
 LATE_MS = 10.0
 RESET_MESSAGE = "bench_reset_stats"
+STATUS_MESSAGE = "bench_status"  # worker -> master: its users, how many completed once, its tally's count
+STATUS_INTERVAL_S = 0.2  # how often workers report it
+POLL_S = 0.05  # how often the master (or the single process) checks whether a phase may end
 phases: dict[str, float] = {}
 
 
@@ -47,6 +66,15 @@ def add_options(parser: Any) -> None:
     parser.add_argument("--bench-phases", default="", help="where the master writes phase times")
     parser.add_argument("--bench-rate", type=float, default=0.0, help="open loop: requests per second in all")
     parser.add_argument("--bench-check-body", type=int, default=1, help="0: status only (calibration)")
+    parser.add_argument(
+        "--bench-duration", type=float, default=0.0, help="measured seconds, then stop (0: Locust's -t decides)"
+    )
+    parser.add_argument(
+        "--bench-min-requests", type=int, default=0, help="measure until the tally holds this many (0: off)"
+    )
+    parser.add_argument(
+        "--bench-max-measure", type=float, default=0.0, help="measured seconds at most (0: --bench-duration)"
+    )
 
 
 def _options(environment: Any) -> Any:
@@ -60,23 +88,95 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+# --- the decisions, as pure functions ---------------------------------------------------
+
+
+# How long past the asked warm-up a warm-up may wait for every user's first answer. A
+# server that serves at all answers its users' first requests within a second or two; one
+# that leaves connections unaccepted (a blocked uvloop accepts one per loop pass) would
+# keep the warm-up waiting for a whole request timeout. Requests sent before the window
+# never count, so a backlog left by the warm-up cannot land in it either way.
+WARMUP_GRACE_S = 3.0
+
+
+def warmup_cap_s(warmup_s: float, timeout_s: float) -> float:
+    """The longest warm-up: the warm-up asked for plus the grace (or one request timeout,
+    if shorter), by which every user's first request has completed or failed, unless the
+    server never takes it in."""
+    return max(0.0, warmup_s) + min(WARMUP_GRACE_S, max(0.0, timeout_s))
+
+
+def warmup_end(elapsed_s: float, warmup_s: float, cap_s: float, spawned: bool, users: int, completed: int) -> str:
+    """Whether the warm-up may end: "ready" once `warmup_s` have passed, all users are
+    spawned and each has completed a request; "capped" at `cap_s` whatever they did;
+    "" to go on."""
+    if elapsed_s >= warmup_s and spawned and users > 0 and completed >= users:
+        return "ready"
+    if elapsed_s >= cap_s:
+        return "capped"
+    return ""
+
+
+def max_measure_s(duration_s: float, max_measure: float) -> float:
+    """The longest measured phase: `max_measure` when given, never shorter than the duration."""
+    return max(duration_s, max_measure)
+
+
+def measure_end(elapsed_s: float, duration_s: float, requests: int, min_requests: int, max_measure: float) -> str:
+    """Whether the measured phase may end: "done" once `duration_s` have passed and the
+    tally holds `min_requests`; "capped" at the longest measured phase; "" to go on
+    (always "" with no duration: Locust's run time decides)."""
+    if duration_s <= 0:
+        return ""
+    if elapsed_s >= duration_s and requests >= min_requests:
+        return "done"
+    if elapsed_s >= max_measure_s(duration_s, max_measure):
+        return "capped"
+    return ""
+
+
+def sent_in_window(completed_at: float, response_time_ms: float, start: float | None, stop: float | None) -> bool:
+    """Whether a request counts: sent (completion minus response time, which in open loop
+    runs from the due time) at or after the window's start and, once it has one, not
+    after its stop."""
+    if start is None:
+        return False
+    sent = completed_at - response_time_ms / 1000
+    return sent >= start and (stop is None or sent <= stop)
+
+
+# --- what this process measured ---------------------------------------------------------
+
+
 class Tally:
     """What this process measured: Locust's own statistics, fed by the same request
-    events, so response times are bucketed and failures counted exactly as Locust does."""
+    events, so response times are bucketed and failures counted exactly as Locust does;
+    only requests sent inside the window count."""
 
     def __init__(self) -> None:
         self.stats = RequestStats()
         self.start: float | None = None
         self.stop: float | None = None
+        self.outside = 0  # completed inside the window, sent outside it: mostly the warm-up's backlog
 
     def reset(self) -> None:
         self.stats.reset_all()
-        self.start, self.stop = time.time(), None
+        self.start, self.stop, self.outside = time.time(), None, 0
+
+    @property
+    def requests(self) -> int:
+        return int(self.stats.total.num_requests)
+
+    def counts(self, sent: float) -> bool:
+        return sent_in_window(sent, 0.0, self.start, self.stop)
 
     def on_request(
         self, request_type: str, name: str, response_time: float, response_length: int, exception: Any = None, **_: Any
     ) -> None:
         if self.start is None:  # still in the warm-up
+            return
+        if not sent_in_window(time.time(), response_time, self.start, self.stop):
+            self.outside += 1
             return
         if exception:
             self.stats.log_error(request_type, name, exception)
@@ -90,6 +190,7 @@ class Tally:
             "stop": self.stop,
             "requests": total.num_requests,
             "failures": total.num_failures,
+            "not_counted_sent_outside_window": self.outside,
             # Locust's buckets (ms, rounded as Locust rounds) and their counts: tallies
             # merge by adding them, and percentiles come from the merged buckets.
             "response_times": {str(ms): n for ms, n in total.response_times.items()},
@@ -101,11 +202,51 @@ class Tally:
 TALLY = Tally()
 
 
+class Progress:
+    """This process's users: how many have had an answer to a request since they started."""
+
+    def __init__(self) -> None:
+        self.completed = 0
+        self.spawned = False  # spawning_complete fired (on the master: on every worker)
+
+    def first_completion(self) -> None:
+        self.completed += 1
+
+
+PROGRESS = Progress()
+# The master's view of its workers: their latest bench_status, by worker id.
+WORKER_STATUS: dict[str, dict[str, Any]] = {}
+
+
 def _reset_stats(environment: Any, msg: Any = None, **_: Any) -> None:
     environment.runner.stats.reset_all()
     if not isinstance(environment.runner, MasterRunner):
         TALLY.reset()
         SCHEDULE.reset()
+
+
+def _on_status(environment: Any, msg: Any, **_: Any) -> None:
+    WORKER_STATUS[str(msg.node_id)] = dict(msg.data or {})
+
+
+def _report_status(environment: Any) -> None:
+    """A worker's reports to the master, until its users stop."""
+    while True:
+        environment.runner.send_message(
+            STATUS_MESSAGE,
+            {"users": environment.runner.user_count, "completed": PROGRESS.completed, "requests": TALLY.requests},
+        )
+        gevent.sleep(STATUS_INTERVAL_S)
+
+
+def _totals(environment: Any) -> tuple[int, int, int]:
+    """Users, users completed once and requests tallied: this process's, or on a master
+    the sums of its workers' latest reports. Users are the target once spawning is done."""
+    users = int(environment.runner.target_user_count or 0)
+    if isinstance(environment.runner, MasterRunner):
+        reports = list(WORKER_STATUS.values())
+        return users, sum(int(r.get("completed", 0)) for r in reports), sum(int(r.get("requests", 0)) for r in reports)
+    return users, PROGRESS.completed, TALLY.requests
 
 
 @events.init.add_listener
@@ -116,15 +257,48 @@ def on_init(environment: Any, **_: Any) -> None:
         # Workers report what they measured every few seconds; the warm-up's requests
         # must be dropped where they are counted, not only on the master.
         environment.runner.register_message(RESET_MESSAGE, _reset_stats)
+    if isinstance(environment.runner, MasterRunner):
+        environment.runner.register_message(STATUS_MESSAGE, _on_status)
 
 
-def end_warmup(environment: Any, warmup_s: float, phases_file: str) -> None:
-    gevent.sleep(warmup_s)
+@events.spawning_complete.add_listener
+def on_spawning_complete(**_: Any) -> None:
+    PROGRESS.spawned = True
+
+
+def control(environment: Any, phases_file: str) -> None:
+    """The master's (or the single process's) phases: warm-up until it may end, reset,
+    measure until that may end, stop the load."""
+    options = _options(environment)
+    started = time.monotonic()
+    cap = warmup_cap_s(options.bench_warmup, options.bench_timeout)
+    while True:
+        users, completed, _ = _totals(environment)
+        verdict = warmup_end(time.monotonic() - started, options.bench_warmup, cap, PROGRESS.spawned, users, completed)
+        if verdict:
+            break
+        gevent.sleep(POLL_S)
+    # The window's start first: every load process's tally starts at or after it.
+    phases["measure_start"] = time.time()
     if isinstance(environment.runner, MasterRunner):
         environment.runner.send_message(RESET_MESSAGE)
     _reset_stats(environment)
-    phases["measure_start"] = time.time()
+    phases.update(warmup_capped=verdict == "capped", warmup_cap_s=cap)
+    phases.update(warmup_users=users, warmup_users_completed=min(completed, users))
     _write_json(phases_file, phases)
+    duration, min_requests = float(options.bench_duration), int(options.bench_min_requests)
+    if duration <= 0:
+        return  # Locust's run time ends the load
+    measuring = time.monotonic()
+    while True:
+        _, _, requests = _totals(environment)
+        verdict = measure_end(time.monotonic() - measuring, duration, requests, min_requests, options.bench_max_measure)
+        if verdict:
+            break
+        gevent.sleep(POLL_S)
+    phases.update(measure_stop=time.time(), measure_requests=requests, measure_capped=verdict == "capped")
+    _write_json(phases_file, phases)
+    environment.runner.quit()
 
 
 def _is_master_or_local(environment: Any) -> bool:
@@ -134,18 +308,36 @@ def _is_master_or_local(environment: Any) -> bool:
 @events.test_start.add_listener
 def on_test_start(environment: Any, **_: Any) -> None:
     options = _options(environment)
+    if isinstance(environment.runner, WorkerRunner):
+        environment.bench_reporter = gevent.spawn(_report_status, environment)
     if _is_master_or_local(environment) and options.bench_phases:
         phases["load_start"] = time.time()
         _write_json(options.bench_phases, phases)
-        gevent.spawn(end_warmup, environment, options.bench_warmup, options.bench_phases)
+        gevent.spawn(control, environment, options.bench_phases)
+
+
+@events.test_stopping.add_listener
+def on_test_stopping(environment: Any, **_: Any) -> None:
+    """The users are told to stop: no request sent from now on counts, and the window
+    ends here (the users' requests in flight still complete and count)."""
+    now = time.time()
+    if not isinstance(environment.runner, MasterRunner) and TALLY.start is not None and TALLY.stop is None:
+        TALLY.stop = now
+    options = _options(environment)
+    if _is_master_or_local(environment) and options.bench_phases and "load_stop" not in phases:
+        phases["load_stop"] = now
+        _write_json(options.bench_phases, phases)
 
 
 @events.test_stop.add_listener
 def on_test_stop(environment: Any, **_: Any) -> None:
+    reporter = getattr(environment, "bench_reporter", None)
+    if reporter is not None:
+        reporter.kill(block=False)
     options = _options(environment)
     if not options.bench_phases:
         return
-    if _is_master_or_local(environment):
+    if _is_master_or_local(environment) and "load_stop" not in phases:
         phases["load_stop"] = time.time()
         _write_json(options.bench_phases, phases)
     if isinstance(environment.runner, MasterRunner):
@@ -153,7 +345,8 @@ def on_test_stop(environment: Any, **_: Any) -> None:
     # test_stop fires once this process's users have finished their last requests.
     folder = os.path.dirname(options.bench_phases)
     if TALLY.start is not None:
-        TALLY.stop = time.time()
+        if TALLY.stop is None:
+            TALLY.stop = time.time()
         role = "worker" if isinstance(environment.runner, WorkerRunner) else "local"
         _write_json(os.path.join(folder, f"tally-{os.getpid()}.json"), TALLY.as_dict(role))
     if SCHEDULE.due:
@@ -184,8 +377,14 @@ class Schedule:
         if self.next_due is None:
             self.next_due = now
         due, self.next_due = self.next_due, self.next_due + self.period_s
-        self.due += 1
         return due
+
+    def count(self, due: float, late: bool) -> None:
+        """A send due at `due` (time.perf_counter): counted if the tally counts it, that is
+        if it fell due inside the window, so due, late and tallied requests agree."""
+        if TALLY.counts(time.time() - (time.perf_counter() - due)):
+            self.due += 1
+            self.late += int(late)
 
     def as_dict(self) -> dict[str, Any]:
         return {"due": self.due, "late": self.late, "late_ms": LATE_MS, "rate_per_s": 1 / self.period_s}
@@ -207,6 +406,7 @@ class ItemUser(FastHttpUser):
         # Set before FastHttpUser builds its client, which reads them once.
         self.network_timeout = self.connection_timeout = _options(environment).bench_timeout
         super().__init__(environment)
+        self.completed_once = False
 
     def on_start(self) -> None:
         options = _options(self.environment)
@@ -226,8 +426,7 @@ class ItemUser(FastHttpUser):
             wait = due - time.perf_counter()
             if wait > 0:
                 gevent.sleep(wait)
-            elif -wait * 1000 > LATE_MS:
-                SCHEDULE.late += 1
+            SCHEDULE.count(due, late=-wait * 1000 > LATE_MS)
         item_id = random.randint(1, self.rows)
         with self.client.get(self.path.format(id=item_id), name=self.label, catch_response=True) as resp:
             # Status is checked by Locust; a cheap body check catches a wrong row under load.
@@ -236,3 +435,9 @@ class ItemUser(FastHttpUser):
             if due is not None:
                 # Open loop: the latency a client sending on schedule would have seen.
                 resp.request_meta["response_time"] = (time.perf_counter() - due) * 1000
+        # This user's first answer (any status): its connection is set up and it got through
+        # the first queue. A timeout or a refused connection does not count; the user's
+        # next request opens a new connection, and its set-up would land in the window.
+        if not self.completed_once and resp.status_code:
+            self.completed_once = True
+            PROGRESS.first_completion()

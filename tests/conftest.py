@@ -80,7 +80,7 @@ def write_variant(
         folder / "sample.json",
         {
             "pair": pair, "variant": variant, "role": role, "sample": sample, "mode": mode, "users": users,
-            "rate": rate, "repeat": repeat, "primary": primary, "status": status,
+            "rate": rate, "block": repeat, "primary": primary, "status": status,
             "error": None if status == "ok" else "verification failed",
             "baseline_connections": 0, "settled_connections": settled,
         },
@@ -158,3 +158,36 @@ def write_manifest(run_dir: Path, pairs: dict[str, dict[str, int]]) -> None:
     )
     manifest["status"] = "complete"
     store.write_json(run_dir / "manifest.json", manifest)
+
+
+# Per-block multipliers for fixture blocks: a few percent of spread, as on a quiet machine.
+JITTER = (0.97, 1.0, 1.03)
+# Fields a fixture block scales (the measured figures; counts and settings stay).
+_SCALED = ("rps", "p50_ms", "p95_ms", "p99_ms", "ping_p99_ms", "loop_lag_p99_ms", "server_cpu_pct")
+
+
+def blocks_of(records: dict[str, dict[str, Any]], jitter: tuple[float, ...] = JITTER) -> list[dict[str, Any]]:
+    """Blocks of sample records around fixture variant records: in block b, variant i's
+    figures are scaled by jitter[(b + i) % len(jitter)], so ratios vary a little between
+    blocks (an interval of a few percent) and every block has enough requests."""
+    blocks = []
+    for b in range(len(jitter)):
+        block = {}
+        for i, (name, record) in enumerate(records.items()):
+            if record.get("status", "ok") != "ok":
+                continue
+            factor = jitter[(b + i) % len(jitter)]
+            scaled = {k: (v * factor if k in _SCALED and isinstance(v, (int, float)) else v) for k, v in record.items()}
+            block[name] = {"status": "ok", "requests": 1000} | scaled
+        blocks.append(block)
+    return blocks
+
+
+def cpu_jitter(blocks: list[dict[str, Any]], jitter: tuple[float, ...]) -> list[dict[str, Any]]:
+    """blocks_of scales CPU % and req/s together, so CPU per request does not move; this
+    scales CPU % once more, so CPU per request varies between blocks by `jitter`."""
+    for b, block in enumerate(blocks):
+        for i, record in enumerate(block.values()):
+            if record.get("server_cpu_pct") is not None:
+                record["server_cpu_pct"] *= jitter[(b + i) % len(jitter)]
+    return blocks

@@ -6,11 +6,15 @@ import socket
 import subprocess
 import sys
 import threading
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
+from harness import pairs as pairs_mod
+from harness import scenario
 from harness.pairs import ROOT
+from harness.scenario import Scenario
 
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:
@@ -33,6 +37,29 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
         (["run", "--pairs", "sessions/pool-leak"], "did you mean 'pool-leaky'"),
         (["run", "--scenario", "quick", "--resume", "results"], "is not a run folder"),
         (["frobnicate"], "invalid choice"),
+        # Numbers must be finite and within the bounds of harness/scenario.py, which the message names.
+        (["run", "--duration", "inf"], "argument --duration: expected a finite number, got 'inf'"),
+        (["run", "--duration", "nan"], "argument --duration: expected a finite number, got 'nan'"),
+        (["run", "--duration", "1e12"], "argument --duration: must be at most 3600 seconds"),
+        (["run", "--rate", "inf"], "argument --rate: expected a finite number"),
+        (["run", "--rate", "1e9"], "argument --rate: must be at most 100000 requests per second"),
+        (["run", "--users", "1000000"], "argument --users: must be at most 2000 users"),
+        (["run", "--users", "1,10,5000"], "argument --users: must be at most 2000 users"),
+        (["run", "--users", ",".join(str(n) for n in range(1, 61))], "a sweep must have at most 50 levels"),
+        (["run", "--users", "1,,10"], "argument --users: has an empty item between commas"),
+        (["run", "--repeats", "100000"], "argument --repeats: must be at most 50 repeats"),
+        (["run", "--soak", "1e9"], "argument --soak: must be at most 21600 seconds"),
+        (["run", "--soak", "inf"], "argument --soak: expected a finite number"),
+        (["run", "--locust-workers", "500"], "argument --locust-workers: must be at most 64 worker processes"),
+        (["run", "--set", "block_ms=100000000"], "--set block_ms must be at most 60000 ms"),
+        (["run", "--set", "block_ms=0"], "--set block_ms must be greater than 0"),
+        (["run", "--set", "pool_size=10000000"], "--set pool_size must be at most 1000000"),
+        (["run", "--pairs", ""], "argument --pairs: is empty"),
+        (["run", "--pairs", " , "], "argument --pairs: is empty"),
+        (["run", "--pairs", "deps,,blocking"], "argument --pairs: has an empty item between commas"),
+        (["run", "--pairs", "deps,"], "argument --pairs: has an empty item between commas"),
+        (["compare", "a", "b", "--fail-above", "inf"], "argument --fail-above: expected a finite number"),
+        (["compare", "a", "b", "--fail-above", "1e9"], "argument --fail-above: must be at most 1000 percent"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
@@ -42,13 +69,41 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None
     assert "Traceback" not in result.stderr
 
 
-def test_malformed_scenario_points_at_the_field(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('users = "many"', "field 'users' must be a whole number"),
+        ("userz = 3", "unknown field 'userz'"),
+        ("duration_s = 1e12", "field 'duration_s' must be at most 3600 seconds"),
+        ("users = 10_000_000", "field 'users' must be at most 2000 users"),
+        ("duration_s = nan", "field 'duration_s' must be a finite number, got nan"),
+        ("warmup_s = inf", "field 'warmup_s' must be a finite number, got inf"),
+        ("rows = 99999999999999999999999999999999999999999999", "field 'rows' must be at most 10000000 rows"),
+        ("rows = " + "9" * 5000, "not valid TOML"),
+        ("levels = [1, 5000]", "field 'levels': each must be at most 2000 users"),
+        ("soak_s = 1e9", "field 'soak_s' must be at most 21600 seconds"),
+        ("open_loop = 2", "field 'open_loop' must be at most 1"),
+        ("rate = -1", "field 'rate' must be 0 or more"),
+    ],
+)
+def test_malformed_scenario_points_at_the_field(tmp_path: Path, toml: str, message: str) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('users = "many"\n')
+    bad.write_text(toml + "\n")
     result = bench("run", "--scenario", str(bad))
-    assert result.returncode == 2 and "field 'users' must be a whole number" in result.stderr
-    bad.write_text("userz = 3\n")
-    assert "unknown field 'userz'" in bench("run", "--scenario", str(bad)).stderr
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_every_number_has_a_bound_that_the_shipped_settings_respect() -> None:
+    numbers = {f.name for f in fields(Scenario)} - {"name", "description", "levels"}
+    assert set(scenario.MAXIMUM) == numbers
+    for path in scenario.SCENARIOS_DIR.glob("*.toml"):
+        scenario.load(str(path))  # raises if a shipped scenario is out of bounds
+    for pair in pairs_mod.discover().values():
+        scenario.override(scenario.Scenario(name="t"), **pair.load)
+        for key, value in pair.knobs.items():
+            assert value <= scenario.knob_bound(key).maximum, (pair.name, key)
 
 
 def test_unreachable_database_hides_password_and_leaves_no_run(tmp_path: Path) -> None:

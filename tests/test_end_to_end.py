@@ -114,7 +114,7 @@ def test_sigterm_mid_run_keeps_completed_variants_and_leaves_no_process(db: Data
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     # Wait until the second variant is under load, then stop the run.
-    second = out / "blocking" / "async-to-thread" / "closed-u10-r1" / "phases.json"
+    second = out / "blocking" / "async-to-thread" / "closed-u10-b1" / "phases.json"
     deadline = time.monotonic() + 120
     while not second.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -127,7 +127,7 @@ def test_sigterm_mid_run_keeps_completed_variants_and_leaves_no_process(db: Data
     summary = json.loads((out / "summary.json").read_text())
     assert [r["variant"] for r in summary["variants"]] == ["async-blocking"]
     assert summary["variants"][0]["status"] == "ok" and summary["variants"][0]["requests"] > 0
-    sample = out / "blocking" / "async-to-thread" / "closed-u10-r1" / "sample.json"
+    sample = out / "blocking" / "async-to-thread" / "closed-u10-b1" / "sample.json"
     assert json.loads(sample.read_text())["error"] == "interrupted"
     time.sleep(1)
     assert processes_of_run(str(out)) == []

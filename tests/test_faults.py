@@ -33,7 +33,7 @@ def fault_pair(*names: str) -> Pair:
         variants=tuple(
             Variant(name, "bad", f"/{name}/items/{{id}}", name, (name.replace("-", "_"),)) for name in names
         ),
-        decide=_no_verdict,
+        decide_records=_no_verdict,
         app_module="tests.faults.app",
     )
 
@@ -70,7 +70,7 @@ def test_hangs_and_crashes_are_bounded_recorded_and_the_run_goes_on(db: Database
     # The variant after the faults measures normally, from the baseline.
     assert records["ok"]["status"] == "ok" and records["ok"]["requests"] > 0
     assert records["ok"]["baseline_connections"] == 0
-    meta = store.read_json(tmp_path / "run" / "faults" / "crash-load" / "closed-u5-r1" / "sample.json")
+    meta = store.read_json(tmp_path / "run" / "faults" / "crash-load" / "closed-u5-b1" / "sample.json")
     assert "server_log_tail" in meta
     assert store.read_json(tmp_path / "run" / "manifest.json")["status"] == "complete"
 
@@ -94,7 +94,7 @@ def test_postgres_stopping_mid_run_marks_the_affected_variants_failed(tmp_path: 
     db = pg.start()
     try:
         database.prepare(db, rows=1000)
-        first = tmp_path / "run" / "faults" / "ok" / "closed-u5-r1" / "phases.json"
+        first = tmp_path / "run" / "faults" / "ok" / "closed-u5-b1" / "phases.json"
 
         def stop_when_measuring() -> None:
             deadline = time.monotonic() + 60

@@ -44,7 +44,7 @@ def test_repeats_sweep_and_calibration(db: Database, tmp_path: Path) -> None:
     )  # fmt: skip
     records = by_variant(summary)
     blocking, threaded = records["async-blocking"], records["async-to-thread"]
-    assert len(summary["samples"]) == 12 and blocking["repeats"] == 3 and blocking["ci_method"] == "repeats"
+    assert len(summary["samples"]) == 12 and blocking["repeats"] == 3 and blocking["ci_method"] == "blocks"
     low, high = blocking["ci"]["rps"]
     assert low <= blocking["rps"] <= high <= 50 * 1.05, "a 20 ms call on the loop: at most 50 req/s"
     assert [level["users"] for level in blocking["levels"]] == [5, 10]

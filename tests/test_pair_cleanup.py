@@ -14,6 +14,7 @@ from harness import database, runner
 from harness.database import Database
 from harness.pairs import discover
 from harness.scenario import Scenario
+from tests.conftest import blocks_of
 
 PAIR = discover()["cleanup"]
 KNOBS = {"teardown_ms": 200, "pool_size": 80, "pool_timeout_ms": 2000}
@@ -62,45 +63,73 @@ def decide(
         "request-scope": request or rec(p50=130, counted=counters(3808, after_ms=200)),
         "function-scope": function or rec(p50=200, counted=counters(2363)),
     }
-    return PAIR.decide(records, KNOBS)
+    return PAIR.decide(records, KNOBS, blocks_of(records))
+
+
+def outcomes(verdict: Any) -> dict[str, str]:
+    return {check["name"]: check["outcome"] for check in verdict.checks}
+
+
+RAISES_LOST = "connections_never_returned_total_raises"
+RAISES_LEFT = "backends_left_after_the_server_stopped_total_raises"
 
 
 def test_holds_when_every_teardown_ran_on_the_error_path() -> None:
     verdict = decide()
     assert verdict.outcome == "holds"
-    assert "ran 2,323 times for 2,323" in verdict.text and "ran 0 times for 80" in verdict.text
-    assert "200 ms after its response" in verdict.text and "p50 was 130 ms" in verdict.text
-    assert verdict.figures["p50_rise_ms"] == 70 and verdict.figures["request_after_response_ms"] == 200
+    assert verdict.figures[RAISES_LOST] == 0 and verdict.figures[RAISES_LEFT] == 0
+    assert verdict.figures["connections_never_returned_total_raises-no-finally"] == 80
+    assert verdict.figures["time_held_after_the_response_total_request-scope"] == 200
+    assert verdict.figures["p50_difference_function-scope_request-scope"] == pytest.approx(70)
 
 
-def test_does_not_hold_when_teardowns_go_missing_on_the_error_path() -> None:
+def test_partly_holds_when_teardowns_go_missing_only_on_the_error_path() -> None:
     verdict = decide(raising=rec(counted=counters(2323, 2300, raised=2323)))
+    assert verdict.outcome == "partly holds"
+    assert verdict.figures[RAISES_LOST] == 23 and outcomes(verdict)[RAISES_LOST] == "misses"
+    assert outcomes(verdict)["connections_never_returned_total_request-scope"] == "clears"
+
+
+def test_does_not_hold_when_teardowns_go_missing_everywhere() -> None:
+    verdict = decide(
+        raising=rec(counted=counters(2323, 2300, raised=2323)),
+        request=rec(p50=130, counted=counters(3808, 3790)),
+    )
     assert verdict.outcome == "does not hold"
-    assert verdict.figures["raises_lost"] == 23 and "ran 2,300 times for 2,323" in verdict.text
 
 
 def test_partly_holds_when_backends_stay_open_after_the_run() -> None:
     verdict = decide(raising=rec(counted=counters(2323, raised=2323), settled=3))
-    assert verdict.outcome == "partly holds" and "did not return to baseline" in verdict.text
+    assert verdict.outcome == "partly holds"
+    assert verdict.figures[RAISES_LEFT] == 3 and outcomes(verdict)[RAISES_LOST] == "clears"
 
 
 def test_backends_the_runner_had_to_end_count_as_not_returned() -> None:
     raising = rec(counted=counters(2323, raised=2323))
     raising["terminated_backends"] = 2
     verdict = decide(raising=raising)
-    assert verdict.outcome == "partly holds" and "2 left for the runner to end" in verdict.text
+    assert verdict.outcome == "partly holds" and verdict.figures[RAISES_LEFT] == 2
 
 
 def test_partly_holds_when_a_non_raising_variant_loses_teardowns() -> None:
     verdict = decide(request=rec(p50=130, counted=counters(3808, 3790)))
-    assert verdict.outcome == "partly holds" and "missing in request-scope" in verdict.text
+    assert verdict.outcome == "partly holds"
+    assert outcomes(verdict)["connections_never_returned_total_request-scope"] == "misses"
 
 
 def test_inconclusive_without_the_error_path_or_the_counters() -> None:
-    assert decide(raising=rec(counted=counters(2323, raised=0))).outcome == "inconclusive"
+    unexercised = decide(raising=rec(counted=counters(2323, raised=0)))
+    assert unexercised.outcome == "inconclusive" and unexercised.headline.startswith("control did not clear")
     assert decide(function=rec(counted=None)).outcome == "inconclusive"
     missing = decide(no_finally=rec(status="failed"))
-    assert missing.outcome == "inconclusive" and "raises-no-finally" in missing.text
+    assert missing.outcome == "inconclusive" and "raises-no-finally" in missing.headline
+
+
+def test_inconclusive_when_the_counters_miss_a_skipped_teardown() -> None:
+    # The contrast: if the variant without `finally` counted its teardowns, the counters prove nothing.
+    verdict = decide(no_finally=rec(p50=2000, failure_rate=1.0, counted=counters(80, raised=80)))
+    assert verdict.outcome == "inconclusive"
+    assert outcomes(verdict)["teardowns_per_checked-out_connection_total_raises-no-finally"] == "misses"
 
 
 # --- the app's counters on a real server --------------------------------------------------

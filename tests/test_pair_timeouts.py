@@ -14,8 +14,9 @@ import pytest
 
 from harness import runner
 from harness.database import Database
-from harness.pairs import discover
+from harness.pairs import Verdict, discover
 from harness.scenario import Scenario
+from tests.conftest import blocks_of
 
 PAIR = discover()["timeouts"]
 KNOBS = {"upstream_ms": 20, "slow_ms": 3000, "slow_every": 20, "timeout_ms": 200}
@@ -34,32 +35,39 @@ def rec(
         "failures": failures,
         "failure_rate": failures / requests,
         "rps": rps,
-        "top_failures": kinds,
+        "failure_kinds": kinds,
     }
 
 
-def decide(bare: dict[str, Any], bounded: dict[str, Any], **knobs: int) -> Any:
-    return PAIR.decide({"no-timeout": bare, "wait-for": bounded}, KNOBS | knobs)
+def decide(
+    bare: dict[str, Any], bounded: dict[str, Any], jitter: tuple[float, ...] | None = None, **knobs: int
+) -> Verdict:
+    records = {"no-timeout": bare, "wait-for": bounded}
+    blocks = blocks_of(records) if jitter is None else blocks_of(records, jitter)
+    return PAIR.decide(records, KNOBS | knobs, blocks)
 
 
 def test_holds_when_p99_is_capped_and_only_the_slow_share_times_out() -> None:
-    # The figures of a quick trial run at 10 users.
-    verdict = decide(rec(3000, requests=260, rps=32), rec(200, requests=1960, timeouts=110, rps=249))
+    # The figures of a default run at 10 users, over its three samples.
+    verdict = decide(rec(3000, requests=786, rps=38), rec(200, requests=3369, timeouts=175, rps=283))
     assert verdict.outcome == "holds"
-    assert "110 requests with 504 (5.6% vs 5.0% slow ids)" in verdict.text
-    assert verdict.headline == "p99 200 ms vs 3,000 ms, 5.6% timed out"
+    assert verdict.figures["share_of_requests_answered_504_total_wait-for"] == pytest.approx(175 / 3369)
+    assert verdict.figures["p99_level_wait-for"] == pytest.approx(200)
+    assert verdict.headline.startswith("p99 `wait-for` 200 ms")
 
 
 def test_does_not_hold_when_wait_for_does_not_cap_the_tail() -> None:
     # As if the slow call blocked the loop, so the timeout could not fire on time.
     verdict = decide(rec(3000), rec(2900, timeouts=100))
     assert verdict.outcome == "does not hold"
+    assert [check["outcome"] for check in verdict.checks][-3:] == ["misses", "clears", "misses"]
 
 
 def test_partly_holds_when_fast_calls_time_out_too() -> None:
     # An overloaded client: calls that should take 20 ms miss a 200 ms deadline.
     verdict = decide(rec(3000), rec(210, timeouts=600))
-    assert verdict.outcome == "partly holds" and "also cut calls that were not slow" in verdict.text
+    assert verdict.outcome == "partly holds"
+    assert verdict.figures["share_of_requests_answered_504_total_wait-for"] == pytest.approx(0.3)
 
 
 def test_bound_follows_the_timeout_knob() -> None:
@@ -67,16 +75,31 @@ def test_bound_follows_the_timeout_knob() -> None:
     assert decide(rec(3000), rec(600, timeouts=100), timeout_ms=300).outcome == "holds"
 
 
+def test_inconclusive_while_the_capped_tail_straddles_the_bound() -> None:
+    verdict = decide(rec(3000), rec(450, timeouts=100), jitter=(0.5, 1.0, 2.0))
+    assert verdict.outcome == "inconclusive"
+    assert verdict.checks[-1]["outcome"] == "inconclusive"
+
+
 def test_no_verdict_when_slow_calls_do_not_reach_p99() -> None:
     # 1 id in 1000 slow: nothing in the tail for a timeout to cut.
     verdict = decide(rec(25), rec(25), slow_every=1000)
-    assert verdict.outcome == "inconclusive" and "did not reach" in verdict.text
+    assert verdict.outcome == "inconclusive" and verdict.checks[0]["outcome"] == "misses"
+
+
+def test_no_verdict_on_a_thin_unbounded_tail() -> None:
+    # 250 requests in a sample: a p99 of two or three of them.
+    verdict = decide(rec(3000, requests=250), rec(200, timeouts=100))
+    assert verdict.outcome == "inconclusive" and verdict.checks[0]["thin"]
 
 
 def test_no_verdict_when_requests_fail_for_other_reasons() -> None:
     # A dead upstream fails fast in both variants; that is no timeout at work.
-    verdict = decide(rec(5, other=2000), rec(5, other=2000))
-    assert verdict.outcome == "inconclusive" and "other than the timeout" in verdict.text
+    verdict = decide(rec(3000, other=2000), rec(200, timeouts=100, other=2000))
+    assert verdict.outcome == "inconclusive"
+    assert [check["outcome"] for check in verdict.checks][1:3] == ["misses", "misses"]
+    # The timeout's own 504s are no such failure.
+    assert decide(rec(3000), rec(200, timeouts=200, other=10)).outcome == "holds"
 
 
 def test_inconclusive_when_a_variant_is_missing() -> None:

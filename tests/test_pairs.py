@@ -17,9 +17,16 @@ def test_pairs_are_discovered_in_declared_order() -> None:
 @pytest.mark.parametrize("pair", discover().values(), ids=lambda p: p.name)
 def test_pair_is_complete(pair) -> None:  # type: ignore[no-untyped-def]
     roles = [v.role for v in pair.variants]
-    assert "good" in roles and len(roles) >= 2, "a pair compares a good variant with at least one other"
+    if pair.claim_id.startswith("C"):
+        assert "good" in roles and len(roles) >= 2, "a pair compares a good variant with at least one other"
+    else:  # a control: identical references, fixed blocks
+        assert set(roles) == {"reference"} and len(roles) == 2 and pair.fixed_blocks > 0
     assert len({v.name for v in pair.variants}) == len(pair.variants)
-    assert pair.claim_id.startswith("C") and pair.claim and pair.mechanism and pair.decided_by
+    assert pair.claim and pair.mechanism and pair.how_decided({})
+    assert pair.rule is not None, "every rule is written as checks"
+    rule = pair.rule(pair.knobs)
+    named = {name for check in rule.checks for name in check.figure.variants}
+    assert named <= {v.name for v in pair.variants}, "the checks name only the pair's variants"
     for variant in pair.variants:
         assert variant.path.startswith(f"/{variant.name}/") and "{id}" in variant.path
         excerpt = pair.code_excerpt(variant)

@@ -26,8 +26,10 @@ def labels(samples: list[runner.Sample]) -> list[str]:
 
 def test_declared_order_without_shuffle() -> None:
     order = labels(runner.sample_plan(plan(None)))
-    assert order[:3] == [
-        "deps/sync-dep closed-u50-r1", "deps/async-dep closed-u50-r1", "deps/async-dep-blocking closed-u50-r1"
+    # The control comes first (order 0), then deps.
+    assert order[:5] == [
+        "control/copy-a closed-u50-b1", "control/copy-b closed-u50-b1",
+        "deps/sync-dep closed-u50-b1", "deps/async-dep closed-u50-b1", "deps/async-dep-blocking closed-u50-b1",
     ]  # fmt: skip
 
 
@@ -38,12 +40,34 @@ def test_shuffle_is_a_permutation_reproducible_from_its_seed() -> None:
     assert shuffled == labels(runner.sample_plan(plan(7)))
 
 
-def test_each_repeat_measures_every_variant_once_in_its_own_order() -> None:
+def test_each_block_runs_every_variant_of_its_pair_once_back_to_back_in_its_own_order() -> None:
     samples = runner.sample_plan(plan(3, ["deps", "blocking"], repeats=3))
-    by_repeat = [[f"{s.pair.name}/{s.variant.name}" for s in samples if s.repeat == r] for r in (1, 2, 3)]
-    assert all(sorted(order) == sorted(by_repeat[0]) and len(order) == 6 for order in by_repeat)
-    assert len({tuple(order) for order in by_repeat}) > 1, "the order is shuffled per repeat"
+    by_block = [[f"{s.pair.name}/{s.variant.name}" for s in samples if s.block == b] for b in (1, 2, 3)]
+    assert all(sorted(order) == sorted(by_block[0]) and len(order) == 6 for order in by_block)
+    assert len({tuple(order) for order in by_block}) > 1, "the order is shuffled per block"
+    for order in by_block:  # a pair's variants run back to back
+        pairs = [label.split("/")[0] for label in order]
+        assert pairs in (["deps"] * 3 + ["blocking"] * 3, ["blocking"] * 3 + ["deps"] * 3)
     assert all(s.primary for s in samples)
+
+
+def progress(blocks: int, undecided: int, block_s: float = 10.0) -> runner.PairProgress:
+    return runner.PairProgress(blocks, undecided, block_s)
+
+
+def test_more_blocks_go_to_undecided_pairs_up_to_the_next_look_while_the_budget_lasts() -> None:
+    looks = (3, 6, 12)
+    standing = {"a": progress(3, 0), "b": progress(3, 2), "c": progress(3, 1, block_s=100.0)}
+    more, stopped = runner.plan_more_blocks(standing, looks, left_s=100.0)
+    # b is cheap: 3 more blocks at 10 s; c would need 300 s.
+    assert more == {"b": 6} and stopped == {"a": "decided", "c": "budget spent"}
+    more, stopped = runner.plan_more_blocks({"b": progress(12, 1)}, looks, left_s=1e9)
+    assert more == {} and stopped == {"b": "undecided at the most blocks (12)"}
+    # A control runs its fixed blocks whatever its checks say.
+    more, _ = runner.plan_more_blocks({"aa": progress(3, 0)}, looks, left_s=1e9, fixed={"aa": 8})
+    assert more == {"aa": 8}
+    _, stopped = runner.plan_more_blocks({"aa": progress(8, 3)}, looks, left_s=1e9, fixed={"aa": 8})
+    assert stopped == {"aa": "its fixed 8 blocks"}
 
 
 def test_users_sweep_marks_the_primary_level_and_spares_pairs_that_fix_their_users() -> None:

@@ -17,14 +17,33 @@ from harness.scenario import Scenario
 from tests.conftest import write_manifest, write_variant
 
 
-def test_bootstrap_interval_contains_the_median_and_narrows_with_agreement() -> None:
-    wide = stats.bootstrap_ci([80.0, 100.0, 120.0, 90.0, 110.0])
-    narrow = stats.bootstrap_ci([99.0, 100.0, 101.0, 100.0, 100.0])
+def test_t_interval_contains_the_mean_and_narrows_with_agreement() -> None:
+    wide = stats.t_interval([80.0, 100.0, 120.0, 90.0, 110.0])
+    narrow = stats.t_interval([99.0, 100.0, 101.0, 100.0, 100.0])
     assert wide is not None and narrow is not None
-    assert wide[0] <= 100 <= wide[1] and narrow[0] <= 100 <= narrow[1]
-    assert narrow[1] - narrow[0] < wide[1] - wide[0]
-    assert stats.bootstrap_ci([5.0]) is None and stats.bootstrap_ci([]) is None
-    assert stats.bootstrap_ci([1.0, 2.0, 3.0]) == stats.bootstrap_ci([1.0, 2.0, 3.0]), "seeded: reproducible"
+    assert wide.low <= 100 <= wide.high and narrow.low <= 100 <= narrow.high
+    assert narrow.high - narrow.low < wide.high - wide.low
+    # Student's t with 4 degrees of freedom: 2.776 x s / sqrt(5), s = 15.81.
+    assert wide.high - 100 == pytest.approx(2.776 * 15.811 / 5**0.5, rel=1e-3)
+    assert stats.t_interval([5.0]) is None and stats.t_interval([]) is None
+    same = stats.t_interval([3.0, 3.0, 3.0])
+    assert same is not None and same.low == same.high == 3.0
+
+
+def test_log_ratio_interval_is_a_geometric_mean_with_a_paired_p_value() -> None:
+    found = stats.log_ratio_interval([2.0, 2.2, 1.8, 2.1])
+    assert found is not None and found.low < 2.0 < found.high
+    assert found.estimate == pytest.approx((2.0 * 2.2 * 1.8 * 2.1) ** 0.25)
+    assert found.p_value < 0.001 and found.excludes(1.0)
+    even = stats.log_ratio_interval([0.9, 1.1, 1.05, 0.95])
+    assert even is not None and not even.excludes(1.0) and even.p_value > 0.5
+    assert stats.log_ratio_interval([2.0, None, -1.0]) is None  # one usable ratio only
+
+
+def test_looks_double_up_to_the_maximum_and_share_the_error_rate() -> None:
+    assert stats.looks(3, 12) == (3, 6, 12) and stats.looks(3, 10) == (3, 6, 10) and stats.looks(1, 1) == (1,)
+    assert stats.look_confidence((3, 6, 12)) == pytest.approx(1 - 0.05 / 3)
+    assert stats.look_confidence((3,)) == pytest.approx(stats.CONFIDENCE)
 
 
 def test_bucket_percentiles_are_taken_as_locust_takes_them() -> None:
@@ -74,13 +93,13 @@ def test_worker_tallies_add_up_and_the_window_runs_to_the_last_request(tmp_path:
     assert analysis.summarize_sample(folder)["flags"] == [missing]
 
 
-def test_ratio_interval_and_significance() -> None:
+def test_welch_interval_compares_two_runs() -> None:
     slow, fast = [50.0, 52.0, 48.0], [200.0, 210.0, 190.0]
-    ci = stats.ratio_ci(slow, fast)
-    assert ci is not None and ci[1] < 0.3 and ci[0] > 0.2
-    assert stats.overlap(stats.bootstrap_ci(slow), stats.bootstrap_ci(fast)) is False
-    assert stats.overlap(stats.bootstrap_ci([100.0, 120.0, 80.0]), stats.bootstrap_ci([105.0, 95.0, 115.0])) is True
-    assert stats.overlap(None, (1.0, 2.0)) is None
+    found = stats.welch_log_ratio_interval(slow, fast)
+    assert found is not None and found.high < 0.3 and found.low > 0.2 and found.excludes(1.0)
+    alike = stats.welch_log_ratio_interval([100.0, 120.0, 80.0], [105.0, 95.0, 115.0])
+    assert alike is not None and not alike.excludes(1.0)
+    assert stats.welch_log_ratio_interval([1.0], [1.0, 2.0]) is None
 
 
 def test_spread_warns_at_ten_percent() -> None:
@@ -116,28 +135,29 @@ def repeats_run(tmp_path: Path, sync_rps: list[int], good_rps: list[int], **firs
     return run_dir
 
 
-def test_repeats_combine_into_medians_with_intervals_and_comparisons(tmp_path: Path) -> None:
-    run_dir = repeats_run(tmp_path, [100, 110, 90], [200, 205, 195])
+def test_blocks_combine_into_means_with_intervals_and_paired_comparisons(tmp_path: Path) -> None:
+    run_dir = repeats_run(tmp_path, [100, 110, 90], [200, 220, 180])
     text = report.rebuild(run_dir, write_top_report=False).read_text()
     summary = store.read_json(run_dir / "summary.json")
     sync = next(r for r in summary["variants"] if r["variant"] == "sync-dep")
-    assert sync["repeats"] == 3 and sync["ci_method"] == "repeats"
+    assert sync["repeats"] == 3 and sync["ci_method"] == "blocks"
     assert sync["rps"] == pytest.approx(100.0) and sync["requests"] == 3000
     low, high = sync["ci"]["rps"]
-    assert 90 <= low <= 100 <= high <= 110
+    assert 70 < low < 100 < high < 130  # t with 2 degrees of freedom: 4.30 x 10 / sqrt(3)
     row = next(c for c in summary["comparisons"] if c["variant"] == "sync-dep")
+    # Each block's ratio is exactly 0.5: pairing removes the drift the variants share.
     assert row["baseline"] == "async-dep" and row["rps"]["ratio"] == pytest.approx(0.5)
-    assert row["rps"]["significant"] is True
-    assert "| `sync-dep` | `async-dep` | 0.50x (" in text
+    assert row["rps"]["significant"] is True and row["rps"]["blocks"] == 3
+    assert "| `sync-dep` | `async-dep` | 3 | 0.50x (" in text
     assert len(summary["samples"]) == 9
 
 
-def test_overlapping_repeats_are_not_significant_and_spread_is_warned(tmp_path: Path) -> None:
+def test_ratios_that_vary_across_blocks_are_no_measurable_difference_and_spread_is_warned(tmp_path: Path) -> None:
     run_dir = repeats_run(tmp_path, [150, 260, 190], [200, 205, 195])
     text = report.rebuild(run_dir, write_top_report=False).read_text()
     row = next(c for c in store.read_json(run_dir / "summary.json")["comparisons"] if c["variant"] == "sync-dep")
     assert row["rps"]["significant"] is False
-    assert "not significant" in text and "⚠ ±" in text
+    assert "no measurable difference" in text and "⚠ ±" in text
 
 
 def test_a_flagged_sample_is_never_used_silently(tmp_path: Path) -> None:

@@ -13,11 +13,12 @@ from typing import Annotated
 import asyncpg
 from fastapi import BackgroundTasks, Depends, FastAPI, Path, Request
 
-from apps.common import Item, count, fetch_item_asyncpg, knob, pool_lifespan, probe_router
+from apps.common import Item, MarkResponseSent, count, fetch_item_asyncpg, knob, pool_lifespan, probe_router
 
 # More connections than users, so inline never waits for one. A held connection
 # outlives its response, so the background variant can still run the pool dry.
-app = FastAPI(title="background", lifespan=pool_lifespan(60))
+app = FastAPI(title="background", lifespan=pool_lifespan())
+app.add_middleware(MarkResponseSent)
 app.include_router(probe_router)
 ItemId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
@@ -46,9 +47,13 @@ def mark_returned(request: Request) -> None:
     request.state.returned_at = time.monotonic()
 
 
-async def follow_up(item_id: int) -> None:
+async def follow_up(request: Request) -> None:
+    # Counted as it starts: whether the client's answer had already gone out.
+    count("follow_ups_started")
+    if getattr(request.state, "response_sent_at", None) is not None:
+        count("follow_ups_after_response")
     # Slow I/O that needs neither the connection nor the client: awaits work_ms.
-    await asyncio.sleep(knob("work_ms", 500) / 1000)
+    await asyncio.sleep(knob("work_ms") / 1000)
     count("follow_ups")
 
 
@@ -56,7 +61,7 @@ async def follow_up(item_id: int) -> None:
 @app.get("/inline/items/{item_id}")
 async def inline_item(item_id: ItemId, request: Request, conn: asyncpg.Connection = Depends(get_conn)) -> Item:
     item = await fetch_item_asyncpg(conn, item_id)
-    await follow_up(item_id)
+    await follow_up(request)
     mark_returned(request)
     return item
 
@@ -69,7 +74,7 @@ async def background_item(
     item_id: ItemId, request: Request, tasks: BackgroundTasks, conn: asyncpg.Connection = Depends(get_conn)
 ) -> Item:
     item = await fetch_item_asyncpg(conn, item_id)
-    tasks.add_task(follow_up, item_id)
+    tasks.add_task(follow_up, request)
     mark_returned(request)
     return item
 
@@ -85,6 +90,6 @@ async def background_function_scope_item(
     conn: asyncpg.Connection = Depends(get_conn, scope="function"),
 ) -> Item:
     item = await fetch_item_asyncpg(conn, item_id)
-    tasks.add_task(follow_up, item_id)
+    tasks.add_task(follow_up, request)
     mark_returned(request)
     return item

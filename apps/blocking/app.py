@@ -35,7 +35,7 @@ ItemId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
 def blocking_lookup(pool: ThreadedConnectionPool, item_id: int) -> Item:
-    time.sleep(knob("block_ms", 20) / 1000)
+    time.sleep(knob("block_ms") / 1000)
     conn = pool.getconn()
     try:
         return fetch_item_psycopg(conn, item_id)

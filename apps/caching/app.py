@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI, Path, Request, Response
 from apps.common import Item, count, fetch_item_asyncpg, pool_lifespan, probe_router
 
 # At least as many connections as users, so the pool never decides the result.
-app = FastAPI(title="caching", lifespan=pool_lifespan(50))
+app = FastAPI(title="caching", lifespan=pool_lifespan())
 app.include_router(probe_router)
 ItemId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 

@@ -19,17 +19,16 @@ from typing import Annotated, Any
 import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from apps.common import Item, computed_item, count, dsn, fetch_item_asyncpg, knob, probe_router
+from apps.common import Item, MarkResponseSent, computed_item, count, dsn, fetch_item_asyncpg, knob, probe_router
 
-TEARDOWN_S = knob("teardown_ms", 200) / 1000
-POOL_TIMEOUT_S = knob("pool_timeout_ms", 2000) / 1000
+TEARDOWN_S = knob("teardown_ms") / 1000
+POOL_TIMEOUT_S = knob("pool_timeout_ms") / 1000
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    size = knob("pool_size", 80)
+    size = knob("pool_size")
     app.state.pool = await asyncpg.create_pool(dsn(), min_size=size, max_size=size)
     yield
     # A connection that was never returned would make close() wait for ever.
@@ -37,31 +36,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.wait_for(app.state.pool.close(), timeout=2)
     except TimeoutError:
         app.state.pool.terminate()
-
-
-# Where MarkResponseSent notes, in the request's ASGI scope, when the response went out.
-RESPONSE_SENT = "cleanup.response_sent"
-
-
-class MarkResponseSent:
-    """Pure ASGI middleware (microseconds per request): notes when the last body chunk of
-    the response has been handed to the server, so a teardown can measure how long it
-    kept its connection after the client had its answer."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_and_mark(message: Message) -> None:
-            await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                scope[RESPONSE_SENT] = time.perf_counter()
-
-        await self.app(scope, receive, send_and_mark)
 
 
 app = FastAPI(title="cleanup", lifespan=lifespan)
@@ -91,7 +65,8 @@ async def slow_teardown(
     await pool.release(conn)
     released = time.perf_counter()
     count("hold_ms", (released - checked_out) * 1000)
-    count("held_after_response_ms", (released - scope.get(RESPONSE_SENT, released)) * 1000)
+    sent = scope.get("state", {}).get("response_sent_at", released)  # noted by MarkResponseSent
+    count("held_after_response_ms", (released - sent) * 1000)
     count("hold_count")
     count("cleanups")
 

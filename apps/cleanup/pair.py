@@ -5,124 +5,101 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from harness.pairs import Pair, Records, Variant, Verdict, fmt, inconclusive, missing_variants, ratio
+from harness.checks import FAILURE_RATE, P50, Check, Difference, Metric, Part, Rule, Total
+from harness.pairs import Pair, Variant, ratio
 
-# Counters are read once the load has drained, so every checked-out connection should be
-# back: this many missing cleanups are tolerated (requests still in flight).
+# Counters are read once the load has drained: every checked-out connection must be back.
 IN_FLIGHT_SLACK = 0
+# Backends still open after the server stopped (or ended by the runner): none is tolerated.
+BACKENDS_LEFT_MAX = 0
+# The error path counts only if the endpoint raised and the dependency saw it at least once.
+MIN_ERRORS = 1
+# Without `finally` the teardown after `yield` never runs when the endpoint raises: none at all.
+NO_FINALLY_SHARE = 0.0
 
 
-def counter(record: Mapping[str, Any], name: str) -> float:
-    return float((record.get("counters") or {}).get(name, 0))
+def counted(name: str, label: str, per: str | None = None, unit: str = "") -> Metric:
+    """One of the app's counters (a counter never incremented is 0), or its ratio to another;
+    None when the variant returned no counters at all."""
+
+    def read(record: Mapping[str, Any]) -> float | None:
+        counters = record.get("counters")
+        if not counters:
+            return None
+        value = float(counters.get(name, 0))
+        return value if per is None else ratio(value, float(counters.get(per, 0)))
+
+    return Metric(label, unit, read)
 
 
-def lost(record: Mapping[str, Any]) -> float:
+def never_returned(record: Mapping[str, Any]) -> float | None:
     """Connections checked out whose teardown never ran."""
-    return counter(record, "setups") - counter(record, "cleanups")
+    counters = record.get("counters")
+    return None if not counters else float(counters.get("setups", 0)) - float(counters.get("cleanups", 0))
 
 
-def mean_hold_ms(record: Mapping[str, Any]) -> float | None:
-    return ratio(counter(record, "hold_ms"), counter(record, "hold_count"))
+def backends_left(record: Mapping[str, Any]) -> float | None:
+    """Backends above the baseline after the server stopped, plus those the runner had to end."""
+    settled, baseline = record.get("settled_connections"), record.get("baseline_connections")
+    if settled is None or baseline is None:
+        return None
+    return max(0.0, float(settled) - float(baseline)) + float(record.get("terminated_backends") or 0)
 
 
-def mean_after_response_ms(record: Mapping[str, Any]) -> float | None:
-    return ratio(counter(record, "held_after_response_ms"), counter(record, "hold_count"))
+CLEANED_UP = counted("cleanups", "teardowns per checked-out connection", per="setups")
+LOST = Metric("connections never returned", "", never_returned)
+BACKENDS_LEFT = Metric("backends left after the server stopped", "", backends_left)
+HELD_AFTER = counted("held_after_response_ms", "time held after the response", per="hold_count", unit="ms")
+WAITED = counted("wait_ms", "wait for a pooled connection", per="setups", unit="ms")
 
 
-def mean_wait_ms(record: Mapping[str, Any]) -> float | None:
-    return ratio(counter(record, "wait_ms"), counter(record, "setups"))
-
-
-def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:
-    names = ["raises", "raises-no-finally", "request-scope", "function-scope"]
-    missing = missing_variants(records, names)
-    if missing:
-        return inconclusive(missing)
-    raising, no_finally = records["raises"], records["raises-no-finally"]
-    req, fn = records["request-scope"], records["function-scope"]
-    without_counters = [name for name in names if not records[name].get("counters")]
-    if without_counters:
-        return Verdict(
-            "inconclusive",
-            f"No verdict: {', '.join(without_counters)} returned no counters.",
-            headline="no counters",
-        )
-    if counter(raising, "raised") == 0 or counter(raising, "errors_seen") == 0:
-        return Verdict(
-            "inconclusive",
-            "No verdict: no exception from the endpoint reached the dependency, so the error path was not exercised.",
-            headline="error path not exercised",
-        )
-    figures: dict[str, float | None] = {
-        "raises_setups": counter(raising, "setups"),
-        "raises_cleanups": counter(raising, "cleanups"),
-        "raises_lost": lost(raising),
-        "raises_raised": counter(raising, "raised"),
-        "raises_errors_seen": counter(raising, "errors_seen"),
-        "raises_baseline_connections": raising.get("baseline_connections"),
-        "raises_settled_connections": raising.get("settled_connections"),
-        "raises_terminated_backends": raising.get("terminated_backends"),
-        "raises_p50_ms": raising["p50_ms"],
-        "no_finally_setups": counter(no_finally, "setups"),
-        "no_finally_cleanups": counter(no_finally, "cleanups"),
-        "no_finally_failure_rate": no_finally["failure_rate"],
-        "request_lost": lost(req),
-        "function_lost": lost(fn),
-        "request_p50_ms": req["p50_ms"],
-        "function_p50_ms": fn["p50_ms"],
-        "p50_rise_ms": fn["p50_ms"] - req["p50_ms"],
-        "request_hold_ms": mean_hold_ms(req),
-        "function_hold_ms": mean_hold_ms(fn),
-        "request_after_response_ms": mean_after_response_ms(req),
-        "function_after_response_ms": mean_after_response_ms(fn),
-        "raises_after_response_ms": mean_after_response_ms(raising),
-        "request_wait_ms": mean_wait_ms(req),
-        "function_wait_ms": mean_wait_ms(fn),
-    }
-    cleaned_up = lost(raising) <= IN_FLIGHT_SLACK
-    settled, baseline = raising.get("settled_connections"), raising.get("baseline_connections")
-    ended = raising.get("terminated_backends") or 0  # left behind by the server, ended by the runner
-    back_to_baseline = settled is not None and baseline is not None and settled <= baseline and ended == 0
-    others_lost = [
-        name for name, rec in (("request-scope", req), ("function-scope", fn)) if lost(rec) > IN_FLIGHT_SLACK
-    ]
-    count_says = (
-        f"with the endpoint raising on every request the `finally` teardown ran "
-        f"{fmt(figures['raises_cleanups'])} times for {fmt(figures['raises_setups'])} checked-out connections "
-        f"({fmt(figures['raises_errors_seen'])} exceptions seen by the dependency), backends "
-        f"{fmt(settled)} after the run vs {fmt(baseline)} before ({fmt(ended)} left for the runner to end); "
-        f"without `finally` it ran "
-        f"{fmt(figures['no_finally_cleanups'])} times for {fmt(figures['no_finally_setups'])} and "
-        f"{fmt(100 * no_finally['failure_rate'], '%', 1)} of requests failed"
-    )
-    timing_says = (
-        f"Timing, teardown {fmt(knobs['teardown_ms'], 'ms')}: with request scope client p50 was "
-        f"{fmt(req['p50_ms'], 'ms')} while each connection stayed checked out "
-        f"{fmt(figures['request_after_response_ms'], 'ms')} after its response had gone "
-        f"({fmt(figures['request_hold_ms'], 'ms')} in all; requests waited {fmt(figures['request_wait_ms'], 'ms')} "
-        f'for a free one), with scope="function" p50 was {fmt(fn["p50_ms"], "ms")} and '
-        f"{fmt(figures['function_after_response_ms'], 'ms')} held past the response, and the raising endpoint "
-        f"(request scope) held its connections {fmt(figures['raises_after_response_ms'], 'ms')} past its response "
-        f"at p50 {fmt(raising['p50_ms'], 'ms')}."
-    )
-    headline = (
-        f"{fmt(figures['raises_cleanups'])}/{fmt(figures['raises_setups'])} cleanups when raising; request scope "
-        f"held connections {fmt(figures['request_after_response_ms'], 'ms')} past the response"
-    )
-    if not cleaned_up:
-        return Verdict("does not hold", f"Does not hold in this run: {count_says}. {timing_says}", figures, headline)
-    if back_to_baseline and not others_lost:
-        return Verdict("holds", f"Holds: {count_says}. {timing_says}", figures, headline)
-    problems = []
-    if not back_to_baseline:
-        problems.append("backends did not return to baseline")
-    if others_lost:
-        problems.append(f"teardowns went missing in {', '.join(others_lost)}")
-    return Verdict(
-        "partly holds",
-        f"Cleanup ran on the error path but {' and '.join(problems)}: {count_says}. {timing_says}",
-        figures,
-        headline,
+def rule(knobs: Mapping[str, int]) -> Rule:
+    return Rule(
+        parts=(
+            Part(
+                "when the endpoint raises, the `finally` teardown returns every connection",
+                (
+                    Check(
+                        Total(LOST, "raises", short="connections never returned when raising"), "<=", IN_FLIGHT_SLACK
+                    ),
+                    Check(Total(BACKENDS_LEFT, "raises"), "<=", BACKENDS_LEFT_MAX),
+                ),
+            ),
+            Part(
+                "without an exception the teardown runs too, in either scope",
+                (
+                    Check(Total(LOST, "request-scope", short="never returned, request scope"), "<=", IN_FLIGHT_SLACK),
+                    Check(Total(LOST, "function-scope"), "<=", IN_FLIGHT_SLACK),
+                ),
+            ),
+        ),
+        controls=(
+            Part(
+                "the error path was taken: the endpoint raised and the dependency saw the exception",
+                (
+                    Check(Total(counted("raised", "endpoints that raised"), "raises"), ">=", MIN_ERRORS),
+                    Check(Total(counted("errors_seen", "exceptions the dependency saw"), "raises"), ">=", MIN_ERRORS),
+                ),
+            ),
+            Part(
+                "the counters catch a skipped teardown: written outside `finally`, it never runs",
+                (Check(Total(CLEANED_UP, "raises-no-finally"), "<=", NO_FINALLY_SHARE),),
+            ),
+        ),
+        shown=(
+            Total(LOST, "raises-no-finally"),
+            Total(HELD_AFTER, "request-scope"),
+            Total(HELD_AFTER, "function-scope"),
+            Total(HELD_AFTER, "raises"),
+            Difference(P50, "function-scope", "request-scope"),
+            Total(WAITED, "request-scope"),
+            Total(FAILURE_RATE, "raises-no-finally"),
+        ),
+        note=(
+            "Client p50 and how long each connection stayed checked out after its response (noted by a pure ASGI "
+            "middleware) show when the teardown runs, and are not judged; pool_size is above the scenario's users, "
+            "so only connections held past the response can make requests wait for the pool."
+        ),
     )
 
 
@@ -140,18 +117,6 @@ PAIR = Pair(
         "no longer delays the client but keeps the connection out of the pool longer; "
         '`Depends(scope="function")` (0.121, PR #14262) tears down before the response. On an exception the '
         "response is only produced after the stack has unwound, so the client waits for the teardown either way."
-    ),
-    decided_by=(
-        "App counters read after the load drained, and backends after the server stopped. Holds if, for the "
-        f"endpoint that raises, setups - cleanups <= {IN_FLIGHT_SLACK} (IN_FLIGHT_SLACK), the dependency saw the "
-        "exceptions, settled_connections <= baseline_connections with no terminated_backends left behind by the "
-        "server, and no teardown is missing in the two "
-        "non-raising variants; does not hold if teardowns are missing on the error path; partly holds otherwise. "
-        "The variant without `finally` is the contrast that shows the counters catch a skipped cleanup. Client "
-        "p50, the mean time a connection was checked out and how much of it came after the response was sent "
-        "(a pure ASGI middleware notes that moment) are reported, not judged. pool_size "
-        f"({KNOBS['pool_size']}) is above the scenario's users so that only connections held past the response "
-        "can make requests wait for the pool."
     ),
     variants=(
         Variant(
@@ -183,7 +148,7 @@ PAIR = Pair(
             ("get_conn_no_finally", "raises_no_finally_item"),
         ),
     ),
-    decide=decide,
+    rule=rule,
     knobs=KNOBS,
     order=50,
     references=("fastapi#14099", "fastapi#14262"),

@@ -3,69 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
-from harness.pairs import (
-    STALL_FACTOR,
-    STALL_MIN_MS,
-    Pair,
-    Records,
-    Variant,
-    Verdict,
-    fmt,
-    inconclusive,
-    loop_lag,
-    missing_variants,
-    ratio,
-    stalls_loop,
-)
+from harness.checks import THROUGHPUT, Part, Ratio, Rule, stall_checks
+from harness.pairs import Pair, Variant
 
 # Open loop below what the loop-blocking variant sustains closed-loop on 2 cores (about
 # 120 req/s), so the comparison shows latency under load rather than an overload.
 OPEN_LOOP_RATE = 60.0
 
 
-def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:
-    missing = missing_variants(records, ["sync-dep", "async-dep", "async-dep-blocking"])
-    if missing:
-        return inconclusive(missing)
-    sync, good, blocking = records["sync-dep"], records["async-dep"], records["async-dep-blocking"]
-    figures = {
-        "sync_rps_ratio": ratio(sync["rps"], good["rps"]),
-        "blocking_rps_ratio": ratio(blocking["rps"], good["rps"]),
-        "sync_loop_lag_p99_ms": loop_lag(sync),
-        "good_loop_lag_p99_ms": loop_lag(good),
-        "blocking_loop_lag_p99_ms": loop_lag(blocking),
-        "sync_ping_p99_ms": sync["ping_p99_ms"],
-        "good_ping_p99_ms": good["ping_p99_ms"],
-        "blocking_ping_p99_ms": blocking["ping_p99_ms"],
-    }
-    sync_stalls = stalls_loop(sync, good)
-    blocking_stalls = stalls_loop(blocking, good)
-    sync_says = (
-        f"the sync dependency served {fmt(figures['sync_rps_ratio'], 'x')} the asyncpg variant's throughput "
-        f"with loop lag p99 {fmt(loop_lag(sync), 'ms')} vs {fmt(loop_lag(good), 'ms')} "
-        f"(/ping p99 {fmt(sync['ping_p99_ms'], 'ms')} vs {fmt(good['ping_p99_ms'], 'ms')})"
+def rule(knobs: Mapping[str, int]) -> Rule:
+    return Rule(
+        parts=(Part("a sync generator dependency stalls the event loop", stall_checks("sync-dep", "async-dep")),),
+        # Blocking code inside `async def` must stall the loop: if it does not here, the
+        # harness failed to see a stall, and silence about the sync dependency means nothing.
+        controls=(
+            Part(
+                "psycopg2 called inside an `async def` dependency stalls the loop",
+                stall_checks("async-dep-blocking", "async-dep"),
+            ),
+        ),
+        shown=(Ratio(THROUGHPUT, "sync-dep", "async-dep"), Ratio(THROUGHPUT, "async-dep-blocking", "async-dep")),
     )
-    blocking_says = (
-        f"the `async def` dependency calling psycopg2 served {fmt(figures['blocking_rps_ratio'], 'x')} "
-        f"the throughput with loop lag p99 {fmt(loop_lag(blocking), 'ms')} "
-        f"(/ping p99 {fmt(blocking['ping_p99_ms'], 'ms')})"
-    )
-    headline = (
-        f"loop lag p99: sync dep {fmt(loop_lag(sync), 'ms')}, async psycopg2 dep {fmt(loop_lag(blocking), 'ms')}, "
-        f"asyncpg {fmt(loop_lag(good), 'ms')}; sync dep {fmt(figures['sync_rps_ratio'], 'x')} throughput"
-    )
-    if sync_stalls:
-        return Verdict("holds", f"Holds: {sync_says}.", figures, headline)
-    if blocking_stalls:
-        return Verdict(
-            "partly holds",
-            f"Holds only for blocking code inside an `async def` dependency: {blocking_says}, while {sync_says}.",
-            figures,
-            headline,
-        )
-    return Verdict("does not hold", f"Does not hold in this run: {sync_says}; {blocking_says}.", figures, headline)
 
 
 PAIR = Pair(
@@ -78,13 +37,6 @@ PAIR = Pair(
         "worker threads, 40 at a time, so the event loop stays free; they compete for those "
         "threads and for the GIL, not for the loop. An `async def` dependency runs on the loop "
         "itself: if it calls a blocking driver, every other request, /ping included, waits."
-    ),
-    decided_by=(
-        f"Event-loop lag p99, measured inside the server (the /ping probe from outside corroborates it). "
-        f"A variant stalls the loop when its lag p99 is "
-        f">= {STALL_FACTOR:g}x the asyncpg variant's and >= {STALL_MIN_MS:g} ms above it. Holds if the "
-        "sync dependency stalls it; holds only for blocking async code if only the psycopg2-in-"
-        "`async def` variant does; does not hold otherwise."
     ),
     variants=(
         Variant(
@@ -109,7 +61,7 @@ PAIR = Pair(
             ("get_db_async_blocking", "async_dep_blocking_item"),
         ),
     ),
-    decide=decide,
+    rule=rule,
     open_loop_rate=lambda knobs: OPEN_LOOP_RATE,
     order=10,
     references=("fastapi#5122",),

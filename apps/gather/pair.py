@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from apps.gather.app import CALLS
-from harness.pairs import Pair, Records, Variant, Verdict, fmt, inconclusive, missing_variants, ratio
+from harness.checks import FAILURE_RATE, P50, THROUGHPUT, Check, Level, Part, Ratio, Rule, Total
+from harness.pairs import Pair, Variant
 
 # Holds when gather's p50 is at most this share of the sequential p50 (the ideal is
 # 1/CALLS); does not hold above NO_GAIN_SHARE, where the calls no longer overlap.
@@ -16,38 +16,32 @@ NO_GAIN_SHARE = 0.85
 MAX_FAILURE_RATE = 0.01
 
 
-def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:
-    missing = missing_variants(records, ["sequential", "gather"])
-    if missing:
-        return inconclusive(missing)
-    seq, gat = records["sequential"], records["gather"]
-    upstream_ms = knobs["upstream_ms"]
-    figures = {
-        "p50_ratio": ratio(gat["p50_ms"], seq["p50_ms"]),
-        "sequential_p50_ms": seq["p50_ms"],
-        "gather_p50_ms": gat["p50_ms"],
-        "sequential_floor_ms": CALLS * upstream_ms,
-        "gather_floor_ms": upstream_ms,
-        "rps_ratio": ratio(gat["rps"], seq["rps"]),
-    }
-    share = figures["p50_ratio"]
-    says = (
-        f"{CALLS} calls of {upstream_ms} ms took p50 {fmt(seq['p50_ms'], 'ms')} in sequence (floor "
-        f"{fmt(CALLS * upstream_ms, 'ms')}) and {fmt(gat['p50_ms'], 'ms')} with gather (floor "
-        f"{fmt(upstream_ms, 'ms')}): {fmt(share, 'x')} the latency, at {fmt(figures['rps_ratio'], 'x')} the throughput"
+def rule(knobs: Mapping[str, int]) -> Rule:
+    def p50_share(threshold: float) -> Check:
+        return Check(Ratio(P50, "gather", "sequential", short="p50 `gather` / `sequential`"), "<=", threshold)
+
+    return Rule(
+        parts=(
+            Part("asyncio.gather cuts the median latency of the request", (p50_share(NO_GAIN_SHARE),)),
+            Part(f"it comes close to waiting for one call instead of {CALLS}", (p50_share(HOLDS_SHARE),)),
+        ),
+        # Failed calls are fast: a dead upstream would make either variant look quick.
+        controls=(
+            Part(
+                "both variants answer without failures",
+                (
+                    Check(Total(FAILURE_RATE, "sequential"), "<=", MAX_FAILURE_RATE),
+                    Check(Total(FAILURE_RATE, "gather"), "<=", MAX_FAILURE_RATE),
+                ),
+            ),
+        ),
+        shown=(Level(P50, "sequential"), Level(P50, "gather"), Ratio(THROUGHPUT, "gather", "sequential")),
+        note=(
+            f"The two parts read one figure against two thresholds: between them gather helped less than the "
+            f"overlap allows (partly holds). The floors are {CALLS} x upstream_ms in sequence and 1 x upstream_ms "
+            "with gather."
+        ),
     )
-    headline = f"p50 {fmt(gat['p50_ms'], 'ms')} vs {fmt(seq['p50_ms'], 'ms')} ({fmt(share, 'x')})"
-    failing = [name for name, r in (("sequential", seq), ("gather", gat)) if r["failure_rate"] > MAX_FAILURE_RATE]
-    if failing or share is None:
-        failed = ", ".join(f"{name} failed {fmt(100 * records[name]['failure_rate'], '%', 1)}" for name in failing)
-        return Verdict(
-            "inconclusive", f"No verdict: {failed or 'a p50 was missing'} ({says}).", figures, "requests failed"
-        )
-    if share <= HOLDS_SHARE:
-        return Verdict("holds", f"Holds: {says}.", figures, headline)
-    if share <= NO_GAIN_SHARE:
-        return Verdict("partly holds", f"Gather helped less than the overlap allows: {says}.", figures, headline)
-    return Verdict("does not hold", f"Does not hold in this run: {says}.", figures, headline)
 
 
 PAIR = Pair(
@@ -61,12 +55,6 @@ PAIR = Pair(
         "client has a free connection for each call and the loop has CPU to spare. Under a CPU-bound "
         "load the gain shrinks: the calls still cost the same work, and httpx 0.28's pool spends more CPU "
         "per call the more connections it holds (httpcore#1035)."
-    ),
-    decided_by=(
-        f"Median latency, gather over sequential (ideal 1/{CALLS}); no verdict if either fails more than "
-        f"{100 * MAX_FAILURE_RATE:g}% of requests. Holds when gather's p50 is <= "
-        f"{HOLDS_SHARE:g}x the sequential p50; does not hold above {NO_GAIN_SHARE:g}x; partly holds in "
-        f"between. The floors, {CALLS} x upstream_ms and 1 x upstream_ms, are shown beside them."
     ),
     variants=(
         Variant(
@@ -84,7 +72,7 @@ PAIR = Pair(
             ("lifespan", "gather_item"),
         ),
     ),
-    decide=decide,
+    rule=rule,
     knobs={"upstream_ms": 50},
     order=140,
     # Few users: httpx 0.28's pool spends CPU per call that grows with its open

@@ -44,7 +44,7 @@ async def setup_work(trace: Trace, name: str) -> None:
     trace.events.append(f"enter {name}")
     count(f"setups_{name}")
     started = time.monotonic()
-    await asyncio.sleep(knob("setup_ms", 50) / 1000)
+    await asyncio.sleep(knob("setup_ms") / 1000)
     trace.setups.append((started, time.monotonic()))
 
 

@@ -5,67 +5,61 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from harness.pairs import Pair, Records, Variant, Verdict, counter_ratio, fmt, inconclusive, missing_variants, ratio
+from harness.checks import P50, Check, Difference, Level, Metric, Part, Ratio, Rule, Total, counter
+from harness.pairs import Pair, Variant
 
 # What the claim predicts for dependencies declared A then B.
 EXPECTED_ORDER = ["enter A", "enter B", "exit B", "exit A"]
-# Sequential setups: two-deps p50 >= this many setup_ms and at least this share of a
-# setup_ms above one-dep's p50; one-dep's p50 must stay under BASELINE_MAX setup_ms,
-# else the server itself adds too much for the comparison.
-SEQUENTIAL_MIN = 1.8
-EXTRA_MIN = 0.8
+# The recorded order either is the expected one (1) or is not (0).
+ORDER_MATCH = 1.0
+# Halfway between what a second setup adds to the median overlapped (0) and one after another (1 setup_ms).
+EXTRA_MIN = 0.5
+# Setups' wall time over their summed time: 1.0 or more one after another, 0.5 when two overlap fully.
+WALL_SHARE_MIN = 0.95
+# One setup's median above this many setup_ms: the server's own queueing swamps the comparison.
 BASELINE_MAX = 1.5
-# Overlapped setups: two-deps p50 under this many setup_ms.
-OVERLAP_MAX = 1.5
 
 
-def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:
-    missing = missing_variants(records, ["two-deps", "one-dep"])
-    if missing:
-        return inconclusive(missing)
-    two, one = records["two-deps"], records["one-dep"]
+def order_as_declared(record: Mapping[str, Any]) -> float | None:
+    """1.0 when the first request's enter/exit events came in the expected order, else 0.0."""
+    order = (record.get("counters") or {}).get("order")
+    return None if not order else float(list(order) == EXPECTED_ORDER)
+
+
+ORDER = Metric("recorded order as expected (1 yes, 0 no)", "", order_as_declared)
+WALL_SHARE = counter("setup_wall_ms", "setups' wall time / their summed time", per="setup_sum_ms")
+
+
+def rule(knobs: Mapping[str, int]) -> Rule:
     setup_ms = knobs["setup_ms"]
-    order = (two.get("counters") or {}).get("order")
-    if not order:
-        return Verdict(
-            "inconclusive", "No verdict: two-deps recorded no order of events.", headline="no order recorded"
-        )
-    figures = {
-        "setup_ms": setup_ms,
-        "two_p50_ms": two["p50_ms"],
-        "one_p50_ms": one["p50_ms"],
-        "two_p50_setups": ratio(two["p50_ms"], setup_ms),
-        "one_p50_setups": ratio(one["p50_ms"], setup_ms),
-        # Server-side: wall time of the setups over their summed time (1 sequential, 0.5 parallel).
-        "setup_wall_share": counter_ratio(two, "setup_wall_ms", "setup_sum_ms"),
-        "cleanups_per_setup": counter_ratio(two, "exits_B", "setups_B"),
-    }
-    extra = two["p50_ms"] - one["p50_ms"]
-    order_text = ", ".join(order)
-    says = (
-        f"the first request ran {order_text}; with {setup_ms} ms per setup, two-deps p50 was "
-        f"{fmt(two['p50_ms'], 'ms')} ({fmt(figures['two_p50_setups'], 'x')} a setup) vs one-dep "
-        f"{fmt(one['p50_ms'], 'ms')} ({fmt(figures['one_p50_setups'], 'x')}), and the setups' wall time was "
-        f"{fmt(figures['setup_wall_share'], 'x')} their summed time"
-    )
-    headline = f"{order_text}; p50 {fmt(two['p50_ms'], 'ms')} vs {fmt(one['p50_ms'], 'ms')} for {setup_ms} ms setups"
-    if order != EXPECTED_ORDER:
-        return Verdict(
-            "does not hold", f"Does not hold: {says} (expected {', '.join(EXPECTED_ORDER)}).", figures, headline
-        )
-    if two["p50_ms"] < OVERLAP_MAX * setup_ms:
-        return Verdict("does not hold", f"Does not hold: the setups overlapped; {says}.", figures, headline)
-    if (
-        one["p50_ms"] <= BASELINE_MAX * setup_ms
-        and two["p50_ms"] >= SEQUENTIAL_MIN * setup_ms
-        and extra >= EXTRA_MIN * setup_ms
-    ):
-        return Verdict("holds", f"Holds: {says}.", figures, headline)
-    return Verdict(
-        "inconclusive",
-        f"The order is as claimed, but latency cannot tell sequential from overlapped here: {says}.",
-        figures,
-        headline,
+    return Rule(
+        parts=(
+            Part(
+                f"yield dependencies set up in declared order and clean up in reverse ({', '.join(EXPECTED_ORDER)})",
+                (Check(Total(ORDER, "two-deps", short="recorded order as expected"), ">=", ORDER_MATCH),),
+            ),
+            Part(
+                "they set up one after another: two setups cost the sum of their waits",
+                (
+                    Check(
+                        Difference(P50, "two-deps", "one-dep", short="p50 added by the second setup"),
+                        ">=",
+                        EXTRA_MIN * setup_ms,
+                    ),
+                    Check(Total(WALL_SHARE, "two-deps"), ">=", WALL_SHARE_MIN),
+                ),
+            ),
+        ),
+        controls=(
+            Part(
+                "one dependency costs about one setup: the server adds little latency of its own",
+                (Check(Level(P50, "one-dep"), "<=", BASELINE_MAX * setup_ms),),
+            ),
+        ),
+        shown=(
+            Ratio(P50, "two-deps", "one-dep"),
+            Total(counter("exits_B", "teardowns of B per setup", per="setups_B"), "two-deps"),
+        ),
     )
 
 
@@ -80,13 +74,6 @@ PAIR = Pair(
         "one AsyncExitStack, which unwinds last-in first-out. Nothing gathers independent "
         "dependencies: the request for concurrent resolution (fastapi#639) was closed without it, so "
         "two setups that each wait cost the sum of their waits."
-    ),
-    decided_by=(
-        f"The enter/exit order of the first request (app counters) and p50 latency in units of "
-        f"setup_ms. Holds if the order is {', '.join(EXPECTED_ORDER)}, two-deps p50 >= "
-        f"{SEQUENTIAL_MIN:g}x setup_ms and >= {EXTRA_MIN:g}x setup_ms above one-dep, whose p50 stays "
-        f"<= {BASELINE_MAX:g}x; does not hold if the order differs or two-deps p50 < {OVERLAP_MAX:g}x "
-        "setup_ms (setups overlapped); inconclusive otherwise."
     ),
     variants=(
         Variant(
@@ -104,7 +91,7 @@ PAIR = Pair(
             ("dep_a", "one_dep_item"),
         ),
     ),
-    decide=decide,
+    rule=rule,
     knobs={"setup_ms": 50},
     order=30,
     references=("fastapi#639",),

@@ -19,7 +19,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Only the pool variant opens a pool: idle pooled connections would otherwise count
     # as backends of the connect-per-request variant.
     if variant() == "lifespan-pool":
-        size = knob("pool_size", 10)
+        size = knob("pool_size")
         # min_size = max_size: every connection is opened here, none during the load.
         async with asyncpg.create_pool(dsn(), min_size=size, max_size=size) as pool:
             app.state.pool = pool

@@ -3,50 +3,44 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
-from harness.pairs import Pair, Records, Variant, Verdict, fmt, inconclusive, missing_variants, ratio
+from harness.checks import CPU_PER_REQUEST, NEW_BACKENDS, P50, THROUGHPUT, Check, Level, Part, Ratio, Rule
+from harness.pairs import Pair, Variant
 
-# Holds when the pool serves at least this many times the connect-per-request throughput
-# and its median latency is at most this share of connect-per-request's.
+# "Costly": the pool serves at least half as much again (well outside the +-5% noise floor).
 RPS_FACTOR = 1.5
+# And its median latency is at most two thirds of connect-per-request's.
 P50_SHARE = 0.67
-# Below this throughput gain, with the median no better than this share, the pool saved
-# nothing worth the claim.
-MIN_RPS_GAIN = 1.1
-MIN_P50_SHARE = 0.9
 
 
-def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:
-    missing = missing_variants(records, ["connect-per-request", "lifespan-pool"])
-    if missing:
-        return inconclusive(missing)
-    connect, pooled = records["connect-per-request"], records["lifespan-pool"]
-    figures = {
-        "rps_ratio": ratio(pooled["rps"], connect["rps"]),
-        "p50_ratio": ratio(pooled["p50_ms"], connect["p50_ms"]),
-        "connect_p50_ms": connect["p50_ms"],
-        "pool_p50_ms": pooled["p50_ms"],
-        "connect_new_backends_per_s": connect.get("new_backends_per_s"),
-        "pool_new_backends_per_s": pooled.get("new_backends_per_s"),
-    }
-    gain, p50_share = figures["rps_ratio"] or 0.0, figures["p50_ratio"]
-    p50_share = 1.0 if p50_share is None else p50_share
-    says = (
-        f"the lifespan pool served {fmt(figures['rps_ratio'], 'x')} the throughput of connect-per-request "
-        f"({fmt(pooled['rps'], 'req/s')} vs {fmt(connect['rps'], 'req/s')}), p50 {fmt(pooled['p50_ms'], 'ms', 1)} "
-        f"vs {fmt(connect['p50_ms'], 'ms', 1)}, starting {fmt(figures['pool_new_backends_per_s'], '', 1)} vs "
-        f"{fmt(figures['connect_new_backends_per_s'], '', 1)} new backends per second"
+def rule(knobs: Mapping[str, int]) -> Rule:
+    return Rule(
+        parts=(
+            Part(
+                "a pool serves more requests than connecting per request",
+                (
+                    Check(
+                        Ratio(THROUGHPUT, "lifespan-pool", "connect-per-request", short="pool throughput"),
+                        ">=",
+                        RPS_FACTOR,
+                    ),
+                ),
+            ),
+            Part(
+                "a pool answers faster than connecting per request",
+                (Check(Ratio(P50, "lifespan-pool", "connect-per-request", short="pool p50"), "<=", P50_SHARE),),
+            ),
+        ),
+        shown=(
+            Ratio(CPU_PER_REQUEST, "lifespan-pool", "connect-per-request"),
+            Level(NEW_BACKENDS, "connect-per-request"),
+            Level(NEW_BACKENDS, "lifespan-pool"),
+        ),
+        note=(
+            "New backends per second (pg_stat_database.sessions) show where the cost goes: connect-per-request "
+            "starts about one per request, the pool none."
+        ),
     )
-    headline = (
-        f"{fmt(figures['rps_ratio'], 'x')} throughput, p50 {fmt(pooled['p50_ms'], 'ms', 1)} vs "
-        f"{fmt(connect['p50_ms'], 'ms', 1)}"
-    )
-    if gain >= RPS_FACTOR and p50_share <= P50_SHARE:
-        return Verdict("holds", f"Holds: {says}.", figures, headline)
-    if gain < MIN_RPS_GAIN and p50_share > MIN_P50_SHARE:
-        return Verdict("does not hold", f"Does not hold in this run: {says}.", figures, headline)
-    return Verdict("partly holds", f"The pool helped, by less than the claim suggests: {says}.", figures, headline)
 
 
 PAIR = Pair(
@@ -60,12 +54,6 @@ PAIR = Pair(
         "new backend process, milliseconds of CPU on a machine this size, before the query itself. "
         "A pooled connection is already authenticated: borrowing it costs a queue operation, and "
         "asyncpg resets it on release with one extra round trip."
-    ),
-    decided_by=(
-        f"Throughput and p50. Holds when the pool serves >= {RPS_FACTOR:g}x the connect-per-request "
-        f"throughput with p50 <= {P50_SHARE:g}x; does not hold when it serves < {MIN_RPS_GAIN:g}x with p50 "
-        f"> {MIN_P50_SHARE:g}x; partly holds in between. New backends per second (pg_stat_database.sessions) "
-        "show where the cost goes: connect-per-request starts about one per request, the pool none."
     ),
     variants=(
         Variant(
@@ -83,7 +71,7 @@ PAIR = Pair(
             ("lifespan", "get_pooled_conn", "lifespan_pool_item"),
         ),
     ),
-    decide=decide,
+    rule=rule,
     knobs={"pool_size": 10},
     order=120,
 )

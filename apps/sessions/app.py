@@ -19,7 +19,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Only the pool variants hold a pool: its idle connections would otherwise show in
     # the connection counts of the connect-per-request variants.
     if variant().startswith("pool-"):
-        size = knob("pool_size", 10)
+        size = knob("pool_size")
         app.state.pool = await asyncpg.create_pool(dsn(), min_size=size, max_size=size)
         yield
         # A leaked connection is never released, so close() would wait for it forever.
@@ -64,7 +64,7 @@ async def connect_closed_item(item_id: ItemId, conn: asyncpg.Connection = Depend
 async def acquire(pool: asyncpg.Pool) -> asyncpg.Connection:
     # Bounded wait: a dry pool answers 503 after pool_timeout_s instead of hanging.
     try:
-        return await pool.acquire(timeout=knob("pool_timeout_ms", 2000) / 1000)
+        return await pool.acquire(timeout=knob("pool_timeout_ms") / 1000)
     except TimeoutError:
         raise HTTPException(status_code=503, detail="connection pool exhausted") from None
 

@@ -19,8 +19,8 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Request
 
 from apps.common import Item, count, dsn, fetch_item_asyncpg, fetch_item_psycopg, knob, probe_router, variant
 
-POOL_SIZE = knob("pool_size", 5)
-POOL_TIMEOUT_S = knob("pool_timeout_ms", 2000) / 1000
+POOL_SIZE = knob("pool_size")
+POOL_TIMEOUT_S = knob("pool_timeout_ms") / 1000
 
 
 class BlockingPool:

@@ -5,83 +5,83 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from harness.pairs import ANYIO_TOKENS, Pair, Records, Variant, Verdict, fmt, inconclusive, missing_variants, ratio
+from harness.checks import FAILURE_RATE, P99, Check, Level, Metric, Part, Ratio, Rule, Total, counter, good_rps
+from harness.pairs import ANYIO_TOKENS, Pair, Variant
 
-# The sync dependency stalls when it fails at least this share of requests, or serves
-# less than this share of the best fix's throughput.
-STALL_FAILURE_RATE = 0.05
-STALL_RPS_SHARE = 0.25
-# A fix restores service when it fails at most this share of requests and serves at
-# least this share of the async driver's throughput.
-FIX_FAILURE_RATE = 0.01
+# Stalled: at most a quarter of the async driver's successful throughput (~0.01x when stalled).
+STALL_SHARE = 0.25
+# A fix lifts successful throughput at least this far above the stalled variant (1 / STALL_SHARE).
+RESTORE_FACTOR = 1 / STALL_SHARE
+# A `def` fix reaches at least this share of the async driver: wide, as it pays worker-thread hops per request.
 RESTORE_SHARE = 0.3
+# A fix fails at most this share of its requests over the run (a stall fails a half or more).
+FIX_FAILURE_RATE = 0.01
+# One user more than tokens + pool slots is the least load that can take every token.
+EXTRA_USERS = 1
 
+
+def good_rps_resolved(record: Mapping[str, Any]) -> float | None:
+    """Successful requests per second, at least one per measured phase: a stall that lets no
+    request through stays a ratio to judge (a ratio to 0 has no interval) at the figure's resolution."""
+    rps, measured = good_rps(record), record.get("measured_s")
+    return None if rps is None else max(rps, 1 / float(measured)) if measured else rps
+
+
+GOOD_THROUGHPUT = Metric("successful throughput", "req/s", good_rps_resolved)
+
+# The fixes, beside the variant that stalls, and what each is.
 FIXES = {
-    "in-endpoint": "a connection taken inside the `def` endpoint",
-    "max-concurrency": "`Depends(max_concurrency=pool_size)`",
-    "async-driver": "asyncpg in an async dependency",
+    "in-endpoint": "taking the connection inside the `def` endpoint",
+    "max-concurrency": "`Depends(get_conn, max_concurrency=pool_size)`",
+    "async-driver": "asyncpg in an `async def` dependency",
 }
 
 
-def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:
-    missing = missing_variants(records, ["sync-dep", *FIXES])
-    if missing:
-        return inconclusive(missing)
-    stalled, reference = records["sync-dep"], records["async-driver"]
-    best = max(FIXES, key=lambda name: records[name]["rps"])
-    figures: dict[str, float] = {
-        "stalled_failure_rate": stalled["failure_rate"],
-        "stalled_rps": stalled["rps"],
-        "stalled_rps_ratio": ratio(stalled["rps"], records[best]["rps"]),
-        "stalled_p99_ms": stalled["p99_ms"],
-    }
-    restored = []
-    for name in FIXES:
-        share, key = ratio(records[name]["rps"], reference["rps"]), name.replace("-", "_")
-        figures[f"{key}_rps_share"] = share
-        figures[f"{key}_failure_rate"] = records[name]["failure_rate"]
-        if records[name]["failure_rate"] <= FIX_FAILURE_RATE and (share or 0.0) >= RESTORE_SHARE:
-            restored.append(name)
-    not_restored = [name for name in FIXES if name not in restored]
-    stalls = stalled["failure_rate"] >= STALL_FAILURE_RATE or (figures["stalled_rps_ratio"] or 0.0) < STALL_RPS_SHARE
-    stall_says = (
-        f"with {fmt(knobs['pool_size'])} pooled connections and {fmt(stalled['users'])} users the sync dependency "
-        f"failed {fmt(100 * stalled['failure_rate'], '%', 1)} of requests at {fmt(stalled['rps'], 'req/s')} "
-        f"({fmt(figures['stalled_rps_ratio'], 'x')} the best fix, {best}), p99 {fmt(stalled['p99_ms'], 'ms')}"
+def rule(knobs: Mapping[str, int]) -> Rule:
+    slots = ANYIO_TOKENS + knobs["pool_size"]
+    beyond = Metric(
+        f"users beyond {ANYIO_TOKENS} worker-thread tokens + {knobs['pool_size']} pool slots",
+        "",
+        lambda record: None if record.get("users") is None else float(record["users"]) - slots,
     )
 
-    def fixes_say(names: list[str]) -> str:
-        return ", ".join(
-            f"{FIXES[name]} ({fmt(records[name]['rps'], 'req/s')}, "
-            f"{fmt(100 * records[name]['failure_rate'], '%', 1)} failed)"
-            for name in names
-        )
+    def restores(name: str) -> Part:
+        checks = [Check(Ratio(GOOD_THROUGHPUT, name, "sync-dep", short=f"`{name}` / stalled"), ">=", RESTORE_FACTOR)]
+        if name != "async-driver":
+            checks.append(Check(Ratio(GOOD_THROUGHPUT, name, "async-driver"), ">=", RESTORE_SHARE))
+        checks.append(Check(Total(FAILURE_RATE, name), "<=", FIX_FAILURE_RATE))
+        return Part(f"{FIXES[name]} restores service", tuple(checks))
 
-    headline = (
-        f"{fmt(100 * stalled['failure_rate'], '%', 0)} failed, {fmt(figures['stalled_rps_ratio'], 'x')} throughput "
-        f"of {best}"
-    )
-    if not stalls:
-        # Below tokens + pool slots the setups cannot take every token: no stall to see.
-        if stalled["users"] <= ANYIO_TOKENS + knobs["pool_size"]:
-            return Verdict(
-                "inconclusive",
-                f"No verdict: {fmt(stalled['users'])} users cannot take all {ANYIO_TOKENS} worker-thread tokens "
-                f"and {fmt(knobs['pool_size'])} connections at once; {stall_says}.",
-                figures,
-                f"{fmt(stalled['users'])} users <= {ANYIO_TOKENS} tokens + pool",
-            )
-        return Verdict("does not hold", f"Does not hold in this run: {stall_says}.", figures, headline)
-    if not not_restored:
-        return Verdict(
-            "holds", f"Holds: {stall_says}; every fix restored service: {fixes_say(restored)}.", figures, headline
-        )
-    worked = f"restored by {fixes_say(restored)}" if restored else "no fix restored service"
-    return Verdict(
-        "partly holds",
-        f"The stall holds but not every fix helped: {stall_says}; {worked}; not by {fixes_say(not_restored)}.",
-        figures,
-        headline,
+    return Rule(
+        parts=(
+            Part(
+                "a sync dependency waiting on a small pool stalls the `def` endpoints",
+                (
+                    Check(
+                        Ratio(GOOD_THROUGHPUT, "sync-dep", "async-driver", short="stalled successful throughput"),
+                        "<=",
+                        STALL_SHARE,
+                    ),
+                ),
+            ),
+            *(restores(name) for name in FIXES),
+        ),
+        controls=(
+            Part(
+                "the load can take every token: more users than tokens + pool slots",
+                (Check(Total(beyond, "sync-dep"), ">=", EXTRA_USERS),),
+            ),
+        ),
+        shown=(
+            Total(FAILURE_RATE, "sync-dep"),
+            Total(counter("pool_timeouts", "pool timeouts"), "sync-dep"),
+            Level(P99, "sync-dep"),
+        ),
+        note=(
+            "The stall is the deciding part; each fix is a part of its own, judged against the stalled variant, "
+            "so without a stall the fixes miss too, and partly holds means the stall showed but some fix did not "
+            "restore service."
+        ),
     )
 
 
@@ -101,14 +101,6 @@ PAIR = Pair(
         "(fastapi#3205; PR #5122 fixed only the teardown path, PR #12066 another). Taking the connection in "
         "the endpoint keeps waiting and use in one thread; `max_concurrency` waits on an async semaphore; "
         "asyncpg waits on the loop."
-    ),
-    decided_by=(
-        f"Failure rate and throughput. The sync dependency stalls if it fails >= {100 * STALL_FAILURE_RATE:g}% "
-        f"of requests or serves < {STALL_RPS_SHARE:g}x the best fix's req/s; a fix restores service if it "
-        f"fails <= {100 * FIX_FAILURE_RATE:g}% and serves >= {RESTORE_SHARE:g}x the async driver's req/s (a wide "
-        "margin: the `def` fixes pay several worker-thread hops per request on a small machine). Holds "
-        "if it stalls and every fix restores; partly holds if some fix does not; does not hold without a stall "
-        f"(inconclusive when users <= {ANYIO_TOKENS} tokens + pool_size, which cannot trigger it)."
     ),
     variants=(
         Variant(
@@ -140,7 +132,7 @@ PAIR = Pair(
             ("get_conn_async", "async_driver_item"),
         ),
     ),
-    decide=decide,
+    rule=rule,
     knobs={"pool_size": 5, "pool_timeout_ms": 2000},
     order=60,
     references=("fastapi#3205", "fastapi#5122", "fastapi#12066"),

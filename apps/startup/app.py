@@ -25,7 +25,7 @@ if variant() == "on-event":
 
     @app.on_event("startup")
     async def open_pool_on_startup() -> None:
-        size = knob("pool_size", 10)
+        size = knob("pool_size")
         app.state.pool = await asyncpg.create_pool(dsn(), min_size=size, max_size=size)
         count("pool_opened")
 
@@ -37,7 +37,7 @@ else:
     # lifespan: the same pool, opened before `yield` and closed after it.
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        size = knob("pool_size", 10)
+        size = knob("pool_size")
         async with asyncpg.create_pool(dsn(), min_size=size, max_size=size) as pool:
             app.state.pool = pool
             count("pool_opened")

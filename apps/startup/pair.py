@@ -5,80 +5,77 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from harness.pairs import Pair, Records, Variant, Verdict, fmt, inconclusive, missing_variants, ratio
+from harness.checks import (
+    CPU_PER_REQUEST,
+    FAILURE_RATE,
+    THROUGHPUT,
+    Check,
+    Difference,
+    Metric,
+    Part,
+    Ratio,
+    Rule,
+    Total,
+)
+from harness.pairs import Pair, Variant
 
-# The on_event variant works when it fails at most this share of requests more and serves
-# at least this share of the lifespan variant's throughput. The request path is identical,
-# and on 2 cores identical variants drift up to a quarter apart within one run, so the
-# bound catches a broken pool (every request slow or failing), not noise.
+# on_event "works" when it fails at most this share of requests more than lifespan: a
+# broken pool fails them all; a share this small is a stray timeout, not a startup defect.
 MAX_EXTRA_FAILURE_RATE = 0.01
-MIN_RPS_SHARE = 0.6
+# ...and needs at most this many times lifespan's server CPU per request (non-inferiority).
+# The request path is identical, so the true ratio is 1; identical variants have measured
+# 1.18x apart here, so the bound sits beyond that noise and catches only a real defect.
+MAX_CPU_RATIO = 1.25
 
 
-def deprecations(record: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[str] | None:
-    """DeprecationWarnings the server printed that the other variant's server did not
-    (None: warnings were not recorded)."""
-    if record.get("warnings") is None:
+def failed_samples(record: Mapping[str, Any]) -> float:
+    """Samples of the variant that failed (start-up, verification or load): all of them
+    for a variant that never got through, else samples minus those that did."""
+    samples, good = record.get("samples"), record.get("repeats")
+    if record.get("status", "ok") != "ok":
+        return float(samples or 1)
+    return float(samples - good) if isinstance(samples, int) and isinstance(good, int) else 0.0
+
+
+def on_event_deprecations(record: Mapping[str, Any]) -> float | None:
+    """Distinct DeprecationWarnings (FastAPI's category included) about `on_event` the
+    server printed (None: warnings were not recorded). FastAPI emits it at import, so a
+    server that then failed to start has printed it too."""
+    lines = record.get("warnings")
+    if lines is None:
         return None
-    seen = set(baseline.get("warnings") or [])
-    return [w for w in record["warnings"] if "DeprecationWarning" in w and w not in seen]
+    return float(sum(1 for line in lines if "DeprecationWarning" in line and "on_event" in line))
 
 
-def decide(records: Records, knobs: Mapping[str, Any]) -> Verdict:
-    missing = missing_variants(records, ["lifespan"])
-    if missing or "on-event" not in records:
-        return inconclusive(missing or ["on-event"])
-    on_event, lifespan = records["on-event"], records["lifespan"]
-    if on_event.get("status") != "ok":
-        # The variant is built exactly like the lifespan one except for its startup code,
-        # so a start or verification failure is the result.
-        error = on_event.get("error") or "unknown error"
-        return Verdict(
-            "does not hold",
-            f"Does not hold: the on_event variant did not start and verify ({error}), while the lifespan "
-            f"variant served {fmt(lifespan['rps'], 'req/s')}.",
-            {"lifespan_rps": lifespan["rps"]},
-            "on_event variant failed to start",
-        )
-    figures = {
-        "rps_ratio": ratio(on_event["rps"], lifespan["rps"]),
-        "on_event_failure_rate": on_event["failure_rate"],
-        "lifespan_failure_rate": lifespan["failure_rate"],
-    }
-    warned = deprecations(on_event, lifespan)
-    if warned is not None:
-        figures["deprecation_warnings"] = len(warned)
-    works = (
-        on_event["failure_rate"] - lifespan["failure_rate"] <= MAX_EXTRA_FAILURE_RATE
-        and (figures["rps_ratio"] or 0.0) >= MIN_RPS_SHARE
+FAILED_SAMPLES = Metric("samples that failed to start, verify or load", "", failed_samples, reads_failed=True)
+ON_EVENT_DEPRECATIONS = Metric("DeprecationWarnings about on_event", "", on_event_deprecations, reads_failed=True)
+
+
+def rule(knobs: Mapping[str, int]) -> Rule:
+    return Rule(
+        parts=(
+            Part(
+                "`@app.on_event` handlers create the pool: the app starts, verifies and serves like lifespan's",
+                (
+                    Check(Total(FAILED_SAMPLES, "on-event", short="on_event samples failed"), "<=", 0),
+                    Check(Difference(FAILURE_RATE, "on-event", "lifespan"), "<=", MAX_EXTRA_FAILURE_RATE),
+                    Check(Ratio(CPU_PER_REQUEST, "on-event", "lifespan"), "<=", MAX_CPU_RATIO),
+                ),
+            ),
+            Part(
+                "`@app.on_event` is a current API: its server prints no DeprecationWarning about it",
+                (Check(Total(ON_EVENT_DEPRECATIONS, "on-event", short="on_event DeprecationWarnings"), "<=", 0),),
+            ),
+        ),
+        shown=(Ratio(THROUGHPUT, "on-event", "lifespan"), Total(ON_EVENT_DEPRECATIONS, "lifespan")),
+        note=(
+            "What FastAPI's source predicts is partly holds: the handlers still work, but FastAPI deprecates "
+            "them. A variant that did not start or verify is counted, not left unmeasured, so a broken on_event "
+            "misses the first part; with its warnings unrecorded the verdict stays inconclusive. The request "
+            "path is identical, so throughput (moved by the load generator's share of the two cores) is shown, "
+            "not deciding."
+        ),
     )
-    says = (
-        f"the on_event variant started, verified and served {fmt(figures['rps_ratio'], 'x')} the lifespan "
-        f"variant's throughput, failing {fmt(100 * on_event['failure_rate'], '%', 1)} of requests vs "
-        f"{fmt(100 * lifespan['failure_rate'], '%', 1)}"
-    )
-    if warned is None:
-        warn_says, warn_short = "its server's warnings were not recorded", "warnings not recorded"
-    elif warned:
-        # The runner keeps a warning's first line, which for FastAPI's message is empty.
-        texts = [w.split("Warning:", 1)[1].strip() for w in warned]
-        quoted = "; ".join(f"`{t}`" for t in texts if t)
-        warn_says = "its server printed a DeprecationWarning the lifespan server did not" + (
-            f" ({quoted})" if quoted else ""
-        )
-        warn_short = "DeprecationWarning printed"
-    else:
-        warn_says, warn_short = "its server printed no DeprecationWarning the lifespan server did not", "no warning"
-    headline = f"{fmt(figures['rps_ratio'], 'x')} throughput, {warn_short}"
-    if not works:
-        return Verdict("does not hold", f"Does not hold in this run: {says}; {warn_says}.", figures, headline)
-    if warned is None:
-        return Verdict("inconclusive", f"It works ({says}), but {warn_says}.", figures, headline)
-    if warned:
-        return Verdict(
-            "partly holds", f"Partly holds: it works, but is deprecated: {says}; {warn_says}.", figures, headline
-        )
-    return Verdict("holds", f"Holds: {says}, and {warn_says}.", figures, headline)
 
 
 PAIR = Pair(
@@ -92,13 +89,6 @@ PAIR = Pair(
         "deprecated its own handlers (starlette#2070) and removed them in 1.0 (starlette#3117); FastAPI 0.165 "
         "keeps a copy (`_DefaultLifespan`) that still runs them, but only when the app gets no `lifespan=`: "
         "next to one, they are silently skipped."
-    ),
-    decided_by=(
-        f"Start-up and verification status, failure rate, throughput and the server's warnings. The on_event "
-        f"variant works when it starts, verifies, fails at most {100 * MAX_EXTRA_FAILURE_RATE:g} points more "
-        f"and serves >= {MIN_RPS_SHARE:g}x the lifespan variant's throughput. Holds if it works without a "
-        "DeprecationWarning the lifespan server lacks; partly holds if it works but warns; does not hold "
-        "if it does not work."
     ),
     variants=(
         Variant(
@@ -116,7 +106,7 @@ PAIR = Pair(
             ("lifespan", "app_pool", "lifespan_item"),
         ),
     ),
-    decide=decide,
+    rule=rule,
     knobs={"pool_size": 10},
     order=80,
     references=("starlette#2070", "starlette#3117"),

@@ -34,7 +34,7 @@ ItemId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 def upstream_delay_ms(item_id: int) -> int:
     # Which ids are slow is fixed by the id, so both variants meet the same slow share.
-    return knob("slow_ms", 3000) if item_id % knob("slow_every", 20) == 0 else knob("upstream_ms", 20)
+    return knob("slow_ms") if item_id % knob("slow_every") == 0 else knob("upstream_ms")
 
 
 async def call_upstream(client: httpx.AsyncClient, item_id: int) -> Item:
@@ -54,7 +54,7 @@ async def no_timeout_item(request: Request, item_id: ItemId) -> Item:
 @app.get("/wait-for/items/{item_id}")
 async def wait_for_item(request: Request, item_id: ItemId) -> Item:
     try:
-        return await asyncio.wait_for(call_upstream(request.app.state.client, item_id), knob("timeout_ms", 200) / 1000)
+        return await asyncio.wait_for(call_upstream(request.app.state.client, item_id), knob("timeout_ms") / 1000)
     except TimeoutError:
         count("timeouts")
         raise HTTPException(status_code=504, detail="upstream timed out") from None
