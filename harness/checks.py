@@ -399,8 +399,13 @@ class Decision:
 
     @property
     def undecided(self) -> list[Judged]:
-        """Checks whose interval still straddles their threshold: more blocks could decide them."""
-        return [j for j in self.judged if j.outcome == "inconclusive" and not j.estimate.exact]
+        """Checks whose interval still straddles their threshold while the verdict is
+        inconclusive: only then could more blocks change the outcome. (A check left open
+        inside a part that another check already clearly misses changes nothing, and a
+        figure too thin to decide stays thin however many blocks follow.)"""
+        if self.verdict.outcome != "inconclusive":
+            return []
+        return [j for j in self.judged if j.outcome == "inconclusive" and not j.estimate.exact and not j.estimate.thin]
 
 
 def evaluate(rule: Rule, records: Records, blocks: Sequence[Block], confidence: float) -> Decision:

@@ -315,8 +315,9 @@ class PairProgress:
     """Where a pair stands after a look at its blocks."""
 
     blocks: int  # blocks measured
-    undecided: int  # checks whose interval still straddles their threshold
+    undecided: int  # checks whose interval still straddles their threshold while the verdict is open
     block_s: float  # seconds one of its blocks took, on average
+    outcome: str = ""  # the verdict at this look
 
 
 def plan_more_blocks(
@@ -344,7 +345,9 @@ def plan_more_blocks(
             continue
         later = [look for look in looks if look > now.blocks]
         if not now.undecided:
-            stopped[name] = "decided"
+            # Inconclusive without a straddling interval (a variant failed, a control missed,
+            # a figure too thin): more blocks would not change it.
+            stopped[name] = "inconclusive; more blocks cannot decide it" if now.outcome == "inconclusive" else "decided"
         elif not later:
             stopped[name] = f"undecided at the most blocks ({looks[-1]})"
         else:
@@ -756,7 +759,9 @@ def _standing(
         mine = [s for s in samples if s["pair"] == pair.name]
         blocks = len({s.get("block") for s in mine if s.get("primary")})
         decision = analysis.decide_pair(pair, mine, plan.knobs[pair.name], confidence)
-        standing[pair.name] = PairProgress(blocks, len(decision.undecided), seconds[pair.name] / max(1, blocks))
+        standing[pair.name] = PairProgress(
+            blocks, len(decision.undecided), seconds[pair.name] / max(1, blocks), decision.verdict.outcome
+        )
     return standing
 
 

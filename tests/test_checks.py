@@ -113,3 +113,16 @@ def test_every_ratio_threshold_lies_outside_the_stored_noise_floor() -> None:
         if check.figure.kind == "ratio" and low <= check.threshold <= high
     ]
     assert not inside, f"thresholds inside the A/A floor {low:.2f}x-{high:.2f}x: {inside}"
+
+
+def test_only_an_open_verdict_asks_for_more_blocks() -> None:
+    """A straddling check inside a part another check clearly misses cannot change the
+    verdict, so it asks for no more blocks; the same check alone does."""
+    straddling = Check(Ratio(THROUGHPUT, "c", "a"), ">=", 1.5)
+    found = [{"a": {"status": "ok", "rps": 100.0}, "b": {"status": "ok", "rps": 100.0 * f},
+              "c": {"status": "ok", "rps": 150.0 * f * f}} for f in (0.6, 1.0, 1.6)]  # fmt: skip
+    missed = Check(Ratio(THROUGHPUT, "b", "a"), ">=", 5.0)
+    closed = checks.evaluate(Rule(parts=(Part("both", (missed, straddling)),)), {}, found, 0.95)
+    assert closed.verdict.outcome == "does not hold" and closed.undecided == []
+    open_ = checks.evaluate(Rule(parts=(Part("c alone", (straddling,)),)), {}, found, 0.95)
+    assert open_.verdict.outcome == "inconclusive" and len(open_.undecided) == 1

@@ -68,6 +68,9 @@ def test_more_blocks_go_to_undecided_pairs_up_to_the_next_look_while_the_budget_
     assert more == {"aa": 8}
     _, stopped = runner.plan_more_blocks({"aa": progress(8, 3)}, looks, left_s=1e9, fixed={"aa": 8})
     assert stopped == {"aa": "its fixed 8 blocks"}
+    # Inconclusive with nothing straddling (a failed variant): more blocks would not help.
+    _, stopped = runner.plan_more_blocks({"x": runner.PairProgress(3, 0, 10.0, "inconclusive")}, looks, left_s=1e9)
+    assert stopped == {"x": "inconclusive; more blocks cannot decide it"}
 
 
 def test_users_sweep_marks_the_primary_level_and_spares_pairs_that_fix_their_users() -> None:
