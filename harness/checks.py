@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from harness import stats
-from harness.pairs import STALL_FACTOR, STALL_MIN_MS, Outcome, Verdict, cpu_ms_per_request, loop_lag, ratio
+from harness.pairs import (
+    STALL_FACTOR,
+    STALL_MIN_MS,
+    Outcome,
+    Verdict,
+    counter_ratio,
+    cpu_ms_per_request,
+    loop_lag,
+    ratio,
+)
 
 # One block: each variant's sample record in that block (variants that failed there are absent).
 Block = Mapping[str, Mapping[str, Any]]
@@ -80,9 +89,7 @@ def counter(name: str, label: str, per: str | None = None, unit: str = "") -> Me
     """One of a variant's own /counters, or its ratio to another."""
 
     def read(record: Mapping[str, Any]) -> float | None:
-        counters = record.get("counters") or {}
-        value = counters.get(name)
-        return value if per is None else ratio(value, counters.get(per))
+        return (record.get("counters") or {}).get(name) if per is None else counter_ratio(record, name, per)
 
     return Metric(label, unit, read)
 

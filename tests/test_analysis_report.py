@@ -175,7 +175,7 @@ def test_sweep_points_share_the_zero_point_across_series() -> None:
         return Variant(name, "good", f"/{name}/items/{{id}}", name, (), sweep=sweep)
 
     pair = Pair(
-        name="sweep", claim_id="C0", claim="", sources=(), mechanism="", decide_records=lambda r, k: None,  # type: ignore[arg-type,return-value]
+        name="sweep", claim_id="C0", claim="", sources=(), mechanism="",
         variants=(variant("none", ("none", 0)), variant("a-5", ("a", 5)), variant("a-1", ("a", 1)),
                   variant("b-1", ("b", 1))),
     )  # fmt: skip

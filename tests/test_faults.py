@@ -13,13 +13,9 @@ import pytest
 
 from harness import database, runner, store
 from harness.database import Database, EmbeddedPostgres
-from harness.pairs import ROOT, BenchError, Pair, Variant, Verdict
+from harness.pairs import ROOT, BenchError, Pair, Variant
 from harness.scenario import Scenario
 from tests.conftest import TEST_PG_HOME
-
-
-def _no_verdict(records: Any, knobs: Any) -> Verdict:
-    return Verdict("inconclusive", "fault pair")
 
 
 def fault_pair(*names: str) -> Pair:
@@ -29,11 +25,9 @@ def fault_pair(*names: str) -> Pair:
         claim="The harness survives its variants.",
         sources=(),
         mechanism="",
-        decided_by="",
         variants=tuple(
             Variant(name, "bad", f"/{name}/items/{{id}}", name, (name.replace("-", "_"),)) for name in names
         ),
-        decide_records=_no_verdict,
         app_module="tests.faults.app",
     )
 
