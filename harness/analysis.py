@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -21,57 +21,27 @@ import pandas as pd
 from harness import stats, store
 from harness.checks import P99_MIN_REQUESTS, Decision
 from harness.pairs import Pair, Verdict, cpu_ms_per_request
+from harness.records import (
+    Block,
+    Calibration,
+    Comparison,
+    Counters,
+    PhysicsRow,
+    Record,
+    RunRatio,
+    SampleMeta,
+    SampleRecord,
+    SoakFigures,
+    VariantRecord,
+)
 from harness.scenario import P99_TARGET_MS
 from harness.store import read_json
 
 # Measured inside the variant's server by apps.common's loop monitor.
 LOOP_FIELDS = ("loop_lag_p50_ms", "loop_lag_p99_ms", "loop_lag_max_ms", "threads_busy_mean", "threads_busy_peak")
-# Fields every record carries; None when the variant produced no measurement.
-RECORD_FIELDS = [
-    "pair",
-    "variant",
-    "role",
-    "status",
-    "error",
-    "requests",
-    "failures",
-    "failure_rate",
-    "rps",
-    "p50_ms",
-    "p95_ms",
-    "p99_ms",
-    "max_ms",
-    "ping_samples",
-    "ping_p50_ms",
-    "ping_p99_ms",
-    "ping_max_ms",
-    "ping_failures",
-    *LOOP_FIELDS,
-    "peak_connections",
-    "mean_connections",
-    "new_backends_per_s",
-    "baseline_connections",
-    "settled_connections",
-    "terminated_backends",
-    "server_cpu_pct",
-    "server_rss_mb_peak",
-    "server_rss_slope_mb_per_min",
-    "server_fds_peak",
-    "server_fds_slope_per_min",
-    "measured_s",
-    "users",
-    "top_failures",
-    "failure_kinds",
-    "counters",
-    "warnings",
-    "generator_cpu_pct",
-    "postgres_cpu_pct",
-    "machine_cpu_pct",
-    "server_cpu_ms_per_request",
-    "thin_percentiles",
-    "buckets",
-    "flags",
-]
+# Fields every record carries, in the order summary.json lists them; None when the
+# variant produced no measurement. harness.records.Record names each with its type.
+RECORD_FIELDS = list(Record.__annotations__)
 # Sample records carry these as well: which measurement it was.
 SAMPLE_FIELDS = [
     "sample", "mode", "users", "rate", "block", "primary", "achieved_rps", "late_share", "rps_per_second", "soak",
@@ -86,8 +56,9 @@ GENERATOR_CPU_LIMIT = 90.0
 RATE_SHARE_LIMIT = 0.95
 
 
-def empty_record(meta: dict[str, Any]) -> dict[str, Any]:
-    record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
+def empty_record(meta: SampleMeta | SampleRecord) -> SampleRecord:
+    # Every field present, None until measured: readers can index rather than guess.
+    record = cast(SampleRecord, dict.fromkeys(RECORD_FIELDS))
     record["flags"] = []
     record |= {
         "pair": meta["pair"],
@@ -297,13 +268,13 @@ def _schedule(folder: Path, window: tuple[float, float], requests: int) -> dict[
     return {"achieved_rps": requests / (window[1] - window[0]), "late_share": late / due if due else 0.0}
 
 
-def _soak(folder: Path, window: tuple[float, float], recovery_s: float) -> dict[str, Any]:
+def _soak(folder: Path, window: tuple[float, float], recovery_s: float) -> SoakFigures:
     """A soak's load phase and its quiet recovery: the slope of each resource in each
     phase, and where it stood at the end of each, so a leak is a measured growth rate
     and recovery shows whether the resources come back."""
     samples = pd.read_csv(store.raw(folder, "connections.csv"))
     phases = {"load": window, "recovery": (window[1], window[1] + recovery_s)}
-    out: dict[str, Any] = {"load_s": window[1] - window[0], "recovery_s": recovery_s}
+    out: SoakFigures = {"load_s": window[1] - window[0], "recovery_s": recovery_s}
     for phase, span in phases.items():
         part = _in_window(samples, "time", span)
         for column, name in (("total", "connections"), ("server_rss_mb", "rss_mb"), ("server_fds", "fds")):
@@ -316,7 +287,7 @@ def _soak(folder: Path, window: tuple[float, float], recovery_s: float) -> dict[
     return out
 
 
-def sample_flags(record: dict[str, Any]) -> list[str]:
+def sample_flags(record: SampleRecord) -> list[str]:
     """Why a measurement cannot be taken at face value."""
     flags = []
     if (record.get("generator_cpu_pct") or 0) > GENERATOR_CPU_LIMIT:
@@ -325,10 +296,13 @@ def sample_flags(record: dict[str, Any]) -> list[str]:
         share = record["achieved_rps"] / record["rate"]
         if share < RATE_SHARE_LIMIT:
             flags.append(f"achieved {record['achieved_rps']:.0f} of {record['rate']:g} req/s requested")
+    if record.get("warmup_capped"):  # some users' first requests may still be queued in the window
+        answered, users = record.get("warmup_users_answered"), record.get("users")
+        flags.append(f"warm-up capped: {answered} of {users} users had an answer")
     return flags
 
 
-def _tally_flags(tallies: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+def _tally_flags(tallies: list[dict[str, Any]], meta: SampleMeta) -> list[str]:
     """Each load process (the single one, or each worker) writes a tally; one that did
     not took its requests with it."""
     found, expected = len(tallies), max(1, int(meta.get("workers") or 0))
@@ -337,9 +311,9 @@ def _tally_flags(tallies: list[dict[str, Any]], meta: dict[str, Any]) -> list[st
     return [f"{expected - found} of {expected} load processes wrote no tally: their requests are missing"]
 
 
-def summarize_sample(folder: Path) -> dict[str, Any]:
+def summarize_sample(folder: Path) -> SampleRecord:
     """The record of one measurement, from its raw files."""
-    meta = read_json(folder / "sample.json")
+    meta: SampleMeta = read_json(folder / "sample.json")
     record = empty_record(meta)
     record |= {key: meta.get(key) for key in SAMPLE_FIELDS}
     for key in ("baseline_connections", "settled_connections", "terminated_backends", "counters"):
@@ -364,6 +338,7 @@ def summarize_sample(folder: Path) -> dict[str, Any]:
     # some connections serves fewer users than the load offers, and latency follows them.
     record["warmup_users_answered"] = phases.get("warmup_users_completed")
     record["warmup_capped"] = phases.get("warmup_capped")
+    record["warmup_s"] = phases.get("warmup_s")  # runs stored before it have none
     record["server_cpu_ms_per_request"] = cpu_ms_per_request(record)
     record["rps_per_second"] = per_second_rps(folder, window)
     record["flags"] = sample_flags(record) + _tally_flags(tallies, meta)
@@ -372,13 +347,13 @@ def summarize_sample(folder: Path) -> dict[str, Any]:
     return record
 
 
-def summarize_calibration(folder: Path) -> dict[str, Any]:
+def summarize_calibration(folder: Path) -> Calibration:
     """What the load generator drove against a bare endpoint: its ceiling."""
     try:
         meta = read_json(folder / "sample.json")
     except (OSError, ValueError):
         return {}
-    result: dict[str, Any] = {"status": meta.get("status"), "users": meta.get("users"), "workers": meta.get("workers")}
+    result: Calibration = {"status": meta.get("status"), "users": meta.get("users"), "workers": meta.get("workers")}
     tallies = read_tallies(folder)
     window = measured_window(folder, tallies)
     if meta.get("status") != "ok" or window is None:
@@ -390,12 +365,12 @@ def summarize_calibration(folder: Path) -> dict[str, Any]:
     return result
 
 
-def _sum_counters(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _sum_counters(records: list[SampleRecord]) -> Counters | None:
     """Counters over the samples: numbers add up, anything else keeps its first value."""
     found = [r["counters"] for r in records if r.get("counters")]
     if not found:
         return None
-    total: dict[str, Any] = {}
+    total: Counters = {}
     for counters in found:
         for name, value in counters.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -405,7 +380,7 @@ def _sum_counters(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     return total
 
 
-def _merge_failures(records: list[dict[str, Any]]) -> list[list[Any]]:
+def _merge_failures(records: list[SampleRecord]) -> list[list[Any]]:
     """Every kind of failure over the samples, most frequent first."""
     counts: dict[str, int] = {}
     for record in records:
@@ -420,13 +395,15 @@ _MAXIMA = ("max_ms", "ping_max_ms", "loop_lag_max_ms", "threads_busy_peak", "pea
            "server_rss_mb_peak", "settled_connections")  # fmt: skip
 
 
-def combine(records: list[dict[str, Any]]) -> dict[str, Any]:
+def combine(records: list[SampleRecord]) -> VariantRecord:
     """One record from several measurements of the same variant and load: medians of
     rates and percentiles, sums of counts, maxima of peaks; with each key figure's
     repeat values, interval and spread."""
     ok = [r for r in records if r["status"] == "ok"]
     first = records[0]
-    out = empty_record(first) | {key: first.get(key) for key in ("mode", "users", "rate", "primary")}
+    # A variant record starts as its first sample's empty record, and gains the combined figures.
+    started = empty_record(first) | {key: first.get(key) for key in ("mode", "users", "rate", "primary")}
+    out = cast(VariantRecord, started)
     out["baseline_connections"] = first.get("baseline_connections")
     out["samples"] = len(records)
     out["repeats"] = len(ok)
@@ -480,7 +457,7 @@ def combine(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def merged_percentiles(records: list[dict[str, Any]]) -> dict[str, Any]:
+def merged_percentiles(records: list[SampleRecord]) -> dict[str, Any]:
     """A variant's latency percentiles from its samples' response-time buckets added up,
     as Locust takes them from its own; marked thin where they rest on too few requests."""
     buckets: dict[float, int] = {}
@@ -499,7 +476,7 @@ def merged_percentiles(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def aggregate_variant(samples: list[dict[str, Any]], p99_target_ms: float) -> dict[str, Any]:
+def aggregate_variant(samples: list[SampleRecord], p99_target_ms: float) -> VariantRecord:
     """The variant's record: its primary measurements combined, plus the open-loop
     measurement, the users sweep with its knee, and the soak, where they were made."""
     primary = [r for r in samples if r.get("primary")] or samples
@@ -524,7 +501,7 @@ def aggregate_variant(samples: list[dict[str, Any]], p99_target_ms: float) -> di
     return record
 
 
-def load_samples(run_dir: Path, pairs: list[Pair]) -> list[dict[str, Any]]:
+def load_samples(run_dir: Path, pairs: list[Pair]) -> list[SampleRecord]:
     """Records of every sample folder that was written completely, in pair order."""
     records = []
     for pair in pairs:
@@ -540,7 +517,7 @@ def load_samples(run_dir: Path, pairs: list[Pair]) -> list[dict[str, Any]]:
     return records
 
 
-def variant_records(samples: list[dict[str, Any]], pairs: list[Pair], p99_target_ms: float) -> list[dict[str, Any]]:
+def variant_records(samples: list[SampleRecord], pairs: list[Pair], p99_target_ms: float) -> list[VariantRecord]:
     """One record per measured variant, in declared order."""
     out = []
     for pair in pairs:
@@ -551,16 +528,16 @@ def variant_records(samples: list[dict[str, Any]], pairs: list[Pair], p99_target
     return out
 
 
-def blocks_of(samples: list[dict[str, Any]]) -> list[dict[str, dict[str, Any]]]:
+def blocks_of(samples: list[SampleRecord]) -> list[Block]:
     """A pair's primary samples by block: each variant's measured sample in that block."""
-    found: dict[int, dict[str, dict[str, Any]]] = {}
+    found: dict[int, Block] = {}
     for sample in samples:
         if sample.get("primary") and sample["status"] == "ok" and sample.get("block") is not None:
             found.setdefault(int(sample["block"]), {})[sample["variant"]] = sample
     return [found[block] for block in sorted(found)]
 
 
-def decide_pair(pair: Pair, samples: list[dict[str, Any]], knobs: dict[str, int], confidence: float) -> Decision:
+def decide_pair(pair: Pair, samples: list[SampleRecord], knobs: dict[str, int], confidence: float) -> Decision:
     """The pair's rule on its samples: paired figures from its blocks, totals from the
     variants' merged records."""
     mine = [s for s in samples if s["pair"] == pair.name]
@@ -569,8 +546,8 @@ def decide_pair(pair: Pair, samples: list[dict[str, Any]], knobs: dict[str, int]
 
 
 def verdicts(
-    samples: list[dict[str, Any]],
-    records: list[dict[str, Any]],
+    samples: list[SampleRecord],
+    records: list[VariantRecord],
     pairs: list[Pair],
     knobs: dict[str, dict[str, int]],
     confidence: Callable[[str], float],
@@ -597,7 +574,7 @@ def verdicts(
     return out
 
 
-def generator_shares(pair: Pair, records: dict[str, dict[str, Any]], knobs: dict[str, int]) -> str:
+def generator_shares(pair: Pair, records: dict[str, VariantRecord], knobs: dict[str, int]) -> str:
     """Where a deciding check compares throughput, what the machine and the load generator
     were using: on a saturated machine the generator takes a different share from each."""
     if pair.rule is None:
@@ -636,11 +613,11 @@ def compared_pairs(pair: Pair, knobs: dict[str, int]) -> list[tuple[str, str]]:
 
 
 def comparisons(
-    samples: list[dict[str, Any]],
+    samples: list[SampleRecord],
     pairs: list[Pair],
     knobs: dict[str, dict[str, int]],
     confidence: Callable[[str], float],
-) -> list[dict[str, Any]]:
+) -> list[Comparison]:
     """Throughput and p99 of each variant against its baseline, as the geometric mean of
     per-block ratios with a t-interval and a paired t-test: significant where the
     interval excludes 1."""
@@ -664,11 +641,11 @@ def comparisons(
                     "significant": None if found is None else found.excludes(1.0),
                 }
             if any(row[f]["ratio"] is not None for f in ("rps", "p99_ms")):
-                out.append(row)
+                out.append(cast(Comparison, row))  # built figure by figure above
     return out
 
 
-def ratio_of(this: dict[str, Any], base: dict[str, Any], figure: str) -> dict[str, Any]:
+def ratio_of(this: VariantRecord, base: VariantRecord, figure: str) -> RunRatio:
     """One figure of two variant records from different runs, as a ratio (this / base),
     with a Welch t-interval on the logs of each run's block values (the runs are not
     paired), and whether it is significant (None: too few blocks to tell)."""
@@ -693,7 +670,7 @@ def pair_confidence(manifest: dict[str, Any]) -> Callable[[str], float]:
 def write_summary(
     run_dir: Path,
     scenario: dict[str, Any],
-    samples: list[dict[str, Any]],
+    samples: list[SampleRecord],
     pairs: list[Pair],
     knobs: dict[str, dict[str, int]],
 ) -> None:
@@ -746,12 +723,12 @@ PHYSICS_TOLERANCE = 0.15
 SATURATED_CPU = 90.0
 
 
-def physics_rows(pair: Pair, records: list[dict[str, Any]], knobs: dict[str, int], cpus: int) -> list[dict[str, Any]]:
+def physics_rows(pair: Pair, records: list[VariantRecord], knobs: dict[str, int], cpus: int) -> list[PhysicsRow]:
     """Expected ceilings next to measured throughput, with the deviation and, when they
     disagree, what the samples say limited the measurement."""
     if pair.physics is None:
         return []
-    rows = []
+    rows: list[PhysicsRow] = []
     for r in records:
         if r["status"] != "ok":
             continue
@@ -772,7 +749,7 @@ def physics_rows(pair: Pair, records: list[dict[str, Any]], knobs: dict[str, int
         served = r.get("warmup_users_answered") or r.get("users")
         rows.append({"variant": r["variant"], "expected": ceiling, "why": why, "measured": r["rps"],
                      "ci": (r.get("ci") or {}).get("rps"), "deviation": deviation, "assessment": verdict,
-                     "users": r.get("users"), "users_answered": served,
+                     "users": r.get("users"), "users_answered": served, "warmup_s": r.get("warmup_s"),
                      "little_ms": 1000 * served / r["rps"] if served and r["rps"] else None,
                      "p50_ms": r.get("p50_ms"), "p99_ms": r.get("p99_ms")})  # fmt: skip
     return rows

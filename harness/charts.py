@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ from PIL import Image
 
 from harness import analysis, store
 from harness.pairs import Pair
+from harness.records import VariantRecord
 
 # Each variant gets its own colour; the family says its role (warm = bad, cool = good).
 ROLE_PALETTES = {
@@ -24,7 +28,7 @@ ROLE_PALETTES = {
 ROLE_STYLES = {"bad": "--", "good": "-", "reference": ":"}
 
 
-def variant_colors(records: list[dict[str, Any]]) -> dict[str, str]:
+def variant_colors(records: list[VariantRecord]) -> dict[str, str]:
     used: dict[str, int] = {}
     colors = {}
     for r in records:
@@ -47,12 +51,12 @@ def _save(fig: Any, title: str, out: Path) -> None:
     small.save(out, optimize=True)
 
 
-def sample_folder(run_dir: Path, record: dict[str, Any]) -> Path:
+def sample_folder(run_dir: Path, record: VariantRecord) -> Path:
     """The raw files a variant record's time series are drawn from: its first sample."""
     return run_dir / record["pair"] / record["variant"] / str(record.get("sample"))
 
 
-def _series(run_dir: Path, record: dict[str, Any], name: str, column: str) -> pd.DataFrame | None:
+def _series(run_dir: Path, record: VariantRecord, name: str, column: str) -> pd.DataFrame | None:
     folder = sample_folder(run_dir, record)
     start = store.read_phases(folder).get("load_start")
     path = store.raw(folder, name)
@@ -71,7 +75,7 @@ def _series(run_dir: Path, record: dict[str, Any], name: str, column: str) -> pd
     return frame
 
 
-def _warmup_end(run_dir: Path, records: list[dict[str, Any]]) -> float | None:
+def _warmup_end(run_dir: Path, records: list[VariantRecord]) -> float | None:
     for r in records:
         phases = store.read_phases(sample_folder(run_dir, r))
         if "measure_start" in phases and "load_start" in phases:
@@ -79,7 +83,7 @@ def _warmup_end(run_dir: Path, records: list[dict[str, Any]]) -> float | None:
     return None
 
 
-def chart_pair(run_dir: Path, pair: Pair, records: list[dict[str, Any]], out: Path) -> None:
+def chart_pair(run_dir: Path, pair: Pair, records: list[VariantRecord], out: Path) -> None:
     fig, axes = plt.subplots(3, 2, figsize=(12, 12.5))
     names = [r["variant"] for r in records]
     by_variant = variant_colors(records)
@@ -136,12 +140,12 @@ def chart_pair(run_dir: Path, pair: Pair, records: list[dict[str, Any]], out: Pa
     _save(fig, f"{pair.name}: {pair.claim}", out)
 
 
-def sweep_points(pair: Pair, records: list[dict[str, Any]]) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+def sweep_points(pair: Pair, records: list[VariantRecord]) -> dict[str, list[tuple[int, VariantRecord]]]:
     """Measured records by sweep series, sorted by x. A variant in a series of its own
     that sits at x = 0 (e.g. no middleware at all) is the common start of every series."""
     by_name = {r["variant"]: r for r in records if r["status"] == "ok"}
-    series: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-    shared: list[tuple[int, dict[str, Any]]] = []
+    series: dict[str, list[tuple[int, VariantRecord]]] = {}
+    shared: list[tuple[int, VariantRecord]] = []
     for variant in pair.variants:
         if variant.sweep is None or variant.name not in by_name:
             continue
@@ -154,7 +158,7 @@ def sweep_points(pair: Pair, records: list[dict[str, Any]]) -> dict[str, list[tu
     return {label: sorted(points + shared, key=lambda p: p[0]) for label, points in series.items()}
 
 
-def chart_sweep(pair: Pair, records: list[dict[str, Any]], out: Path) -> bool:
+def chart_sweep(pair: Pair, records: list[VariantRecord], out: Path) -> bool:
     """Throughput and latency against the swept quantity, one line per series."""
     series = sweep_points(pair, records)
     if not series:
@@ -176,7 +180,7 @@ def chart_sweep(pair: Pair, records: list[dict[str, Any]], out: Path) -> bool:
     return True
 
 
-def chart_levels(pair: Pair, records: list[dict[str, Any]], p99_target_ms: float, out: Path) -> bool:
+def chart_levels(pair: Pair, records: list[VariantRecord], p99_target_ms: float, out: Path) -> bool:
     """The users sweep: throughput and p99 against users, one line per variant, each
     variant's knee circled, the p99 target drawn."""
     swept = [r for r in records if r.get("levels")]
@@ -207,7 +211,7 @@ def chart_levels(pair: Pair, records: list[dict[str, Any]], p99_target_ms: float
     return True
 
 
-def chart_soak(run_dir: Path, pair: Pair, records: list[dict[str, Any]], out: Path) -> bool:
+def chart_soak(run_dir: Path, pair: Pair, records: list[VariantRecord], out: Path) -> bool:
     """A soak: backends, server memory and p99 over the load and the recovery after it."""
     soaked = [r for r in records if r.get("soak") and r.get("soak_sample")]
     if not soaked:
@@ -245,7 +249,7 @@ def chart_soak(run_dir: Path, pair: Pair, records: list[dict[str, Any]], out: Pa
 
 
 def draw_pair(
-    run_dir: Path, pair: Pair, records: list[dict[str, Any]], out_dir: Path, p99_target_ms: float
+    run_dir: Path, pair: Pair, records: list[VariantRecord], out_dir: Path, p99_target_ms: float
 ) -> list[str]:
     """Every chart the pair's data allows, as paths relative to the run folder, in the
     order the report shows them."""
@@ -259,3 +263,34 @@ def draw_pair(
     if chart_soak(run_dir, pair, records, out_dir / f"{pair.name}-soak.png"):
         drawn.append(f"{pair.name}-soak.png")
     return [f"{out_dir.name}/{name}" for name in drawn]
+
+
+# The charts of different pairs share nothing, and matplotlib's layout and PNG encoding
+# are CPU-bound: drawing them in a few forked processes divides the report's wall time.
+CHART_WORKERS = 4
+# What the forked chart processes draw, set just before they fork (a Pair holds lambdas,
+# which cannot be sent to a process, but a fork inherits them).
+_JOBS: list[tuple[Path, Pair, list[VariantRecord], Path, float]] = []
+
+
+def _draw_job(index: int) -> list[str]:
+    return draw_pair(*_JOBS[index])
+
+
+def draw_pairs(
+    run_dir: Path, jobs: list[tuple[Pair, list[VariantRecord]]], out_dir: Path, p99_target_ms: float
+) -> dict[str, list[str]]:
+    """`draw_pair` for every (pair, records), by pair name: in up to CHART_WORKERS
+    processes, one per core, where the platform can fork."""
+    global _JOBS
+    _JOBS = [(run_dir, pair, records, out_dir, p99_target_ms) for pair, records in jobs]
+    workers = min(CHART_WORKERS, os.cpu_count() or 1, len(_JOBS))
+    try:
+        if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+            drawn = [_draw_job(index) for index in range(len(_JOBS))]
+        else:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                drawn = list(pool.map(_draw_job, range(len(_JOBS))))
+    finally:
+        _JOBS = []
+    return {pair.name: paths for (pair, _), paths in zip(jobs, drawn, strict=True)}

@@ -15,25 +15,24 @@ decide, so the prose cannot drift from the code.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal, cast
 
 from harness import stats
 from harness.pairs import (
     STALL_FACTOR,
     STALL_MIN_MS,
     Outcome,
+    Records,
     Verdict,
     counter_ratio,
     cpu_ms_per_request,
     loop_lag,
     ratio,
 )
+from harness.records import Block, JudgedCheck, Record, ShownFigure
 
-# One block: each variant's sample record in that block (variants that failed there are absent).
-Block = Mapping[str, Mapping[str, Any]]
-Records = Mapping[str, Mapping[str, Any]]
 CheckOutcome = Literal["clears", "misses", "no measurable difference", "inconclusive", "not measured"]
 
 # Ratios within +-10% of 1 count as "no measurable difference" unless a check says otherwise.
@@ -48,25 +47,26 @@ class Metric:
 
     label: str
     unit: str  # "req/s", "ms", "%", "" (a count)
-    read: Callable[[Mapping[str, Any]], float | None]
+    read: Callable[[Record], float | None]
     min_requests: int = 0  # fewer requests in a sample than this: the figure is too thin to decide on
     scale: float = 1.0  # shown multiplied by this (a share as a percentage)
     # Read failed variants too: where a variant that did not start or verify is itself
     # the answer (a `def` endpoint that cannot serve), not a gap in the measurement.
     reads_failed: bool = False
 
-    def of(self, record: Mapping[str, Any] | None) -> float | None:
+    def of(self, record: Record | None) -> float | None:
         if record is None or (record.get("status", "ok") != "ok" and not self.reads_failed):
             return None
         value = self.read(record)
         return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _field(name: str) -> Callable[[Mapping[str, Any]], float | None]:
-    return lambda record: record.get(name)
+def _field(name: str) -> Callable[[Record], float | None]:
+    # Metrics name their field as data, so the type cannot follow the key: each is a figure.
+    return lambda record: cast("float | None", record.get(name))
 
 
-def good_rps(record: Mapping[str, Any]) -> float | None:
+def good_rps(record: Record) -> float | None:
     """Successful requests per second."""
     rps, failed = record.get("rps"), record.get("failure_rate")
     return None if rps is None else float(rps) * (1 - float(failed or 0))
@@ -88,7 +88,7 @@ THREADS_PEAK = Metric("worker threads busy at peak", "", _field("threads_busy_pe
 def counter(name: str, label: str, per: str | None = None, unit: str = "") -> Metric:
     """One of a variant's own /counters, or its ratio to another."""
 
-    def read(record: Mapping[str, Any]) -> float | None:
+    def read(record: Record) -> float | None:
         return (record.get("counters") or {}).get(name) if per is None else counter_ratio(record, name, per)
 
     return Metric(label, unit, read)
@@ -307,7 +307,7 @@ class Judged:
             return "one block, no interval"
         return f"its interval straddles {self.check.figure.show(self.check.threshold)}"
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JudgedCheck:
         interval = self.estimate.interval
         return {
             "name": self.check.name,
@@ -421,7 +421,7 @@ def evaluate(rule: Rule, records: Records, blocks: Sequence[Block], confidence: 
     judged_controls = [(p, [c.judge(blocks, records, confidence) for c in p.checks]) for p in rule.controls]
     every = [j for _, js in (*judged_controls, *judged_parts) for j in js]
     figures: dict[str, float] = {j.check.name: j.estimate.value for j in every if j.estimate.value is not None}
-    shown_list = []
+    shown_list: list[ShownFigure] = []
     for figure in rule.shown:
         shown = estimate(figure, blocks, records, confidence)
         if shown.value is not None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from harness import analysis, stats, store
 from harness.pairs import BenchError
+from harness.records import Summary, VariantRecord
 
 # Figure, how it reads, and whether more is better.
 FIGURES = (("rps", "req/s", True), ("p50_ms", "p50 ms", False), ("p99_ms", "p99 ms", False))
@@ -30,11 +30,11 @@ class Change:
     regression_pct: float  # how much worse B is, in percent (negative: better)
 
 
-def _summary(run_dir: Path) -> dict[str, Any]:
+def _summary(run_dir: Path) -> Summary:
     if not store.is_run_dir(run_dir) or not (run_dir / "summary.json").is_file():
         raise BenchError(f"{run_dir} is not a run folder with a summary.json")
     store.check_format(run_dir)
-    return dict(store.read_json(run_dir / "summary.json"))
+    return store.read_summary(run_dir)
 
 
 def differences(a_dir: Path, b_dir: Path) -> list[str]:
@@ -54,7 +54,7 @@ def differences(a_dir: Path, b_dir: Path) -> list[str]:
     return found
 
 
-def _judge(a: dict[str, Any], b: dict[str, Any], figure: str, label: str, higher_is_better: bool) -> Change:
+def _judge(a: VariantRecord, b: VariantRecord, figure: str, label: str, higher_is_better: bool) -> Change:
     judged = analysis.ratio_of(b, a, figure)
     ratio = judged["ratio"]
     word = "unchanged" if ratio == 1 else "faster" if (ratio > 1) == higher_is_better else "slower"

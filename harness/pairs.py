@@ -16,8 +16,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from harness.records import Block, JudgedCheck, Record, ShownFigure, VariantRecord
+
 if TYPE_CHECKING:
-    from harness.checks import Block, Decision, Rule
+    from harness.checks import Decision, Rule
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS_DIR = ROOT / "apps"
@@ -29,7 +31,7 @@ Role = Literal["bad", "good", "reference"]
 Outcome = Literal["holds", "does not hold", "partly holds", "inconclusive"]
 
 # A summary record (one per variant, as stored in summary.json), keyed by variant name.
-Records = Mapping[str, Mapping[str, Any]]
+Records = Mapping[str, VariantRecord]
 
 
 class BenchError(Exception):
@@ -75,8 +77,8 @@ class Verdict:
     text: str  # one or two sentences, built from this run's figures
     figures: dict[str, float] = field(default_factory=dict)
     headline: str = ""  # the deciding figure and its comparison, for the ledger
-    checks: list[dict[str, Any]] = field(default_factory=list)  # each judged check, as harness.checks words it
-    shown: list[dict[str, Any]] = field(default_factory=list)  # figures beside the verdict, with intervals
+    checks: list[JudgedCheck] = field(default_factory=list)  # each judged check, as harness.checks words it
+    shown: list[ShownFigure] = field(default_factory=list)  # figures beside the verdict, with intervals
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,14 @@ class Pair:
     # Expected throughput ceilings from first principles (knobs, users, CPUs), by variant,
     # with the reason; the report checks the measured figures against them.
     physics: Callable[[Mapping[str, int], int, int], dict[str, tuple[float, str]]] | None = None
+    # The knob naming how long a variant's own work may run after its response has been
+    # sent (background tasks, dependency teardown): its counters are read only once they
+    # have been still that long, so the last requests' work is in them.
+    drain_knob: str = ""
+
+    def drain_s(self, knobs: Mapping[str, int]) -> float:
+        """How long work may run after a response (0: none)."""
+        return (self.knobs | dict(knobs)).get(self.drain_knob, 0) / 1000 if self.drain_knob else 0.0
 
     @property
     def app(self) -> str:
@@ -221,13 +231,13 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def counter_ratio(record: Mapping[str, Any], numerator: str, denominator: str) -> float | None:
+def counter_ratio(record: Record, numerator: str, denominator: str) -> float | None:
     """One of a variant's own /counters divided by another (None when either is missing)."""
     counters = record.get("counters") or {}
     return ratio(counters.get(numerator), counters.get(denominator))
 
 
-def cpu_ms_per_request(record: Mapping[str, Any]) -> float | None:
+def cpu_ms_per_request(record: Record) -> float | None:
     """Server CPU time per request in ms (CPU % of one core / req/s): the server's own
     work, which neither a busy machine nor a saturated load generator changes much."""
     share = ratio(record.get("server_cpu_pct"), record["rps"])
@@ -242,7 +252,7 @@ STALL_FACTOR = 3.0
 STALL_MIN_MS = 20.0
 
 
-def loop_lag(record: Mapping[str, Any]) -> float:
+def loop_lag(record: Record) -> float:
     """Loop lag p99, or the /ping p99 for runs made before the server measured its lag."""
     lag = record.get("loop_lag_p99_ms")
     return float(lag if lag is not None else record["ping_p99_ms"])

@@ -124,7 +124,7 @@ class ManagedProcess(Service["ManagedProcess"]):
                 raise BenchError(f"{self.name} exited with status {code} before {what}: {log_tail(self.log, 3)}")
             if ready():
                 return
-            time.sleep(0.1)
+            time.sleep(0.02)  # a server is up within a second: poll often, it costs little
         raise BenchError(f"{self.name} not {what} within {timeout_s:g} s: {log_tail(self.log, 3)}")
 
     def serve(self, ping_url: str, timeout_s: float) -> ManagedProcess:

@@ -16,6 +16,18 @@ from typing import Any
 
 from harness import analysis, charts, checks, stats, store
 from harness.pairs import ARTICLES, ROOT, Pair, discover
+from harness.records import (
+    BlockRatio,
+    Calibration,
+    Comparison,
+    Counters,
+    JudgedCheck,
+    PhysicsRow,
+    ShownFigure,
+    Summary,
+    VariantRecord,
+    VerdictEntry,
+)
 from harness.scenario import P99_TARGET_MS
 
 TOP_REPORT = ROOT / "REPORT.md"
@@ -78,7 +90,7 @@ def _load_plan(scenario: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _load_generator(manifest: dict[str, Any], calibration: dict[str, Any]) -> str:
+def _load_generator(manifest: dict[str, Any], calibration: Calibration) -> str:
     chosen = manifest.get("load_generator") or {}
     workers = chosen.get("workers", manifest["scenario"].get("locust_workers", 0))
     text = f"Locust {'with ' + str(workers) + ' worker processes' if workers else 'in one process'}"
@@ -95,7 +107,7 @@ def _load_generator(manifest: dict[str, Any], calibration: dict[str, Any]) -> st
     return text
 
 
-def _environment(manifest: dict[str, Any], calibration: dict[str, Any]) -> list[str]:
+def _environment(manifest: dict[str, Any], calibration: Calibration) -> list[str]:
     env, db, scenario = manifest["environment"], manifest.get("database", {}), manifest["scenario"]
     packages = ", ".join(f"{name} {version}" for name, version in env["packages"].items())
     dirty = " (uncommitted changes)" if env.get("git_dirty") else ""
@@ -114,7 +126,7 @@ def _environment(manifest: dict[str, Any], calibration: dict[str, Any]) -> list[
     ]
 
 
-def _figure(r: dict[str, Any], key: str, digits: int = 0) -> str:
+def _figure(r: VariantRecord, key: str, digits: int = 0) -> str:
     """A mean over blocks with its 95% t-interval, and a warning when blocks spread more than 10%."""
     text = _num(r.get(key), digits)
     ci = (r.get("ci") or {}).get(key)
@@ -127,7 +139,7 @@ def _figure(r: dict[str, Any], key: str, digits: int = 0) -> str:
 
 
 # The per-variant table: header, alignment, and how each cell is read from a record.
-COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
+COLUMNS: list[tuple[str, str, Callable[[VariantRecord], str]]] = [
     ("variant", "---", lambda r: f"`{r['variant']}`"),
     ("role", "---", lambda r: r["role"]),
     ("req/s", "--:", lambda r: _figure(r, "rps", 1)),
@@ -148,7 +160,7 @@ COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("peak backends", "--:", lambda r: _num(r["peak_connections"])),
     ("mean backends", "--:", lambda r: _num(r["mean_connections"], 1)),
 ]
-Columns = list[tuple[str, str, Callable[[dict[str, Any]], str]]]
+Columns = list[tuple[str, str, Callable[[VariantRecord], str]]]
 
 # The server's resources over the measured window: a leak shows as a slope.
 RESOURCE_COLUMNS: Columns = [
@@ -167,11 +179,11 @@ RESOURCE_COLUMNS: Columns = [
 ]
 
 
-def _after_stop(r: dict[str, Any]) -> str:
+def _after_stop(r: VariantRecord) -> str:
     return f"{_num(r.get('settled_connections'))} (baseline {_num(r.get('baseline_connections'))})"
 
 
-def _table(records: list[dict[str, Any]], columns: Columns = COLUMNS) -> list[str]:
+def _table(records: list[VariantRecord], columns: Columns = COLUMNS) -> list[str]:
     lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "|".join(c[1] for c in columns) + "|"]
     for r in records:
         if r["status"] == "ok":
@@ -197,7 +209,7 @@ def reference_link(ref: str) -> str:
     return f"[{ref}](https://github.com/{owner}/{repo}/issues/{number})" if owner and number.isdigit() else ref
 
 
-def _ratio(cell: dict[str, Any]) -> str:
+def _ratio(cell: BlockRatio) -> str:
     """'0.42x (0.38-0.47), p 0.001' or '1.02x (0.97-1.08), no measurable difference'."""
     if cell["ratio"] is None:
         return "n/a"
@@ -211,7 +223,7 @@ def _ratio(cell: dict[str, Any]) -> str:
     return text
 
 
-def _comparisons(rows: list[dict[str, Any]], confidence: float) -> list[str]:
+def _comparisons(rows: list[Comparison], confidence: float) -> list[str]:
     if not rows:
         return []
     lines = [
@@ -240,7 +252,7 @@ OPEN_LOOP_NOTE = (
 )
 
 
-def _open_loop(records: list[dict[str, Any]]) -> list[str]:
+def _open_loop(records: list[VariantRecord]) -> list[str]:
     both = [r for r in records if r["status"] == "ok" and (r.get("open_loop") or {}).get("status") == "ok"]
     if not both:
         return []
@@ -260,7 +272,7 @@ def _open_loop(records: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
-def _levels(records: list[dict[str, Any]], target_ms: float) -> list[str]:
+def _levels(records: list[VariantRecord], target_ms: float) -> list[str]:
     swept = [r for r in records if r.get("levels")]
     if not swept:
         return []
@@ -288,7 +300,7 @@ def _levels(records: list[dict[str, Any]], target_ms: float) -> list[str]:
     return [*lines, ""]
 
 
-def _soak(records: list[dict[str, Any]]) -> list[str]:
+def _soak(records: list[VariantRecord]) -> list[str]:
     soaked = [r for r in records if r.get("soak")]
     if not soaked:
         return []
@@ -312,7 +324,7 @@ def _soak(records: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
-def _physics(rows: list[dict[str, Any]]) -> list[str]:
+def _physics(rows: list[PhysicsRow]) -> list[str]:
     if not rows:
         return []
     lines = [
@@ -332,13 +344,17 @@ def _physics(rows: list[dict[str, Any]]) -> list[str]:
         "",
         "**Little's law.** In a closed loop, mean latency = users in the system / throughput. The users in the "
         "system are those the server answered by the end of the warm-up: a server that leaves connections "
-        "unaccepted serves fewer users than the load offers, and its latency follows the users it serves.",
+        "unaccepted serves fewer users than the load offers, and its latency follows the users it serves. The "
+        "warm-up lasts until every user has had an answer (within the scenario's cap), so its length is how long "
+        "the server took to take in all its users.",
         "",
-        "| variant | users offered | users answered by the warm-up's end | users answered / req/s | p50 ms | p99 ms |",
-        "|---|--:|--:|--:|--:|--:|",
+        "| variant | users offered | warm-up s | users answered by the warm-up's end | users answered / req/s "
+        "| p50 ms | p99 ms |",
+        "|---|--:|--:|--:|--:|--:|--:|",
     ]
     lines += [
-        f"| `{row['variant']}` | {_num(row.get('users'))} | {_num(row.get('users_answered'))} | "
+        f"| `{row['variant']}` | {_num(row.get('users'))} | {_num(row.get('warmup_s'))} | "
+        f"{_num(row.get('users_answered'))} | "
         f"{_num(row.get('little_ms'))} ms | {_num(row.get('p50_ms'))} | {_num(row.get('p99_ms'))} |"
         for row in rows
         if row.get("users_answered") is not None
@@ -353,8 +369,8 @@ def _sources(pair: Pair) -> str:
 def _pair_section(
     run_dir: Path,
     pair: Pair,
-    records: list[dict[str, Any]],
-    summary: dict[str, Any],
+    records: list[VariantRecord],
+    summary: Summary,
     manifest: dict[str, Any],
     charts: list[str],
 ) -> list[str]:
@@ -409,7 +425,7 @@ def _pair_section(
     return lines
 
 
-def _warnings(records: list[dict[str, Any]]) -> list[tuple[str, str, int, int]]:
+def _warnings(records: list[VariantRecord]) -> list[tuple[str, str, int, int]]:
     """(variant, warning, samples that printed it, samples) for each distinct warning."""
     out = []
     for r in records:
@@ -418,7 +434,7 @@ def _warnings(records: list[dict[str, Any]]) -> list[tuple[str, str, int, int]]:
     return out
 
 
-def _check_cell(check: dict[str, Any]) -> str:
+def _check_cell(check: JudgedCheck | ShownFigure) -> str:
     unit = check["unit"]
 
     def show(value: float | None) -> str:
@@ -433,7 +449,7 @@ def _check_cell(check: dict[str, Any]) -> str:
 
 
 def _checks(
-    judged: list[dict[str, Any]], blocks: dict[str, Any] | None, shown: list[dict[str, Any]] | None = None
+    judged: list[JudgedCheck], blocks: dict[str, Any] | None, shown: list[ShownFigure] | None = None
 ) -> list[str]:
     """The checks the verdict rests on, each with its figure, interval and outcome."""
     if not judged:
@@ -462,7 +478,7 @@ def _checks(
     return [*lines, ""]
 
 
-def _counters(counters: dict[str, Any]) -> str:
+def _counters(counters: Counters) -> str:
     def one(value: Any) -> str:
         if isinstance(value, float):
             return f"{value:,.1f}"
@@ -473,7 +489,7 @@ def _counters(counters: dict[str, Any]) -> str:
     return ", ".join(f"{name} {one(value)}" for name, value in counters.items())
 
 
-def _ledger(pairs: list[Pair], verdicts: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
+def _ledger(pairs: list[Pair], verdicts: dict[str, VerdictEntry], manifest: dict[str, Any]) -> list[str]:
     """One row per pair, in claim order: what a reader scans first."""
     packages = manifest["environment"]["packages"]
     lines = [
@@ -499,7 +515,7 @@ def _ledger(pairs: list[Pair], verdicts: dict[str, Any], manifest: dict[str, Any
     return [*lines, "Articles: " + "; ".join(f'{a.key} = "{a.title}"' for a in ARTICLES.values()) + ".", ""]
 
 
-def _noise_floor(pairs: list[Pair], verdicts: dict[str, Any]) -> list[str]:
+def _noise_floor(pairs: list[Pair], verdicts: dict[str, VerdictEntry]) -> list[str]:
     """The A/A control beside the ledger: how far apart this run put identical variants,
     and every threshold a rule compares a ratio with, read against it."""
     control = next((p for p in pairs if not p.claim_id.startswith("C")), None)
@@ -559,7 +575,7 @@ def _companions(run_dir: Path, prefix_of: Callable[[Path], str]) -> list[str]:
         manifest = store.read_json(path / "manifest.json")
         title = "Users sweep" if kind == "sweep" else "Soak"
         lines += [f"### {title}: run `{path.name}` ([report]({prefix}REPORT.md))", ""]
-        records: dict[str, list[dict[str, Any]]] = {}
+        records: dict[str, list[VariantRecord]] = {}
         for record in summary["variants"]:
             records.setdefault(record["pair"], []).append(record)
         for pair_name, pair_records in records.items():
@@ -580,19 +596,15 @@ def _claim_number(claim_id: str) -> int:
 
 def render(run_dir: Path, write_top_report: bool) -> Path:
     manifest = store.read_json(run_dir / "manifest.json")
-    summary = store.read_json(run_dir / "summary.json")
+    summary = store.read_summary(run_dir)
     pairs = _pairs_in_run(run_dir)
-    by_pair: dict[str, list[dict[str, Any]]] = {}
+    by_pair: dict[str, list[VariantRecord]] = {}
     for record in summary["variants"]:
         by_pair.setdefault(record["pair"], []).append(record)
     charts_dir = run_dir / "charts"
     shutil.rmtree(charts_dir, ignore_errors=True)
-    drawn: dict[str, list[str]] = {}
-    target_ms = p99_target(manifest)
-    for pair in pairs:
-        if pair.name not in by_pair:
-            continue
-        drawn[pair.name] = charts.draw_pair(run_dir, pair, by_pair[pair.name], charts_dir, target_ms)
+    jobs = [(pair, by_pair[pair.name]) for pair in pairs if pair.name in by_pair]
+    drawn = charts.draw_pairs(run_dir, jobs, charts_dir, p99_target(manifest))
 
     def prefix_of(path: Path) -> str:
         return f"{path.relative_to(ROOT)}/" if path.is_relative_to(ROOT) else f"{path}/"

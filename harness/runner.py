@@ -39,6 +39,7 @@ from harness.procs import (
     machine_load_lock,
     python_bin,
 )
+from harness.records import Calibration, Counters, SampleMeta, SampleRecord, Verification
 from harness.sampling import ConnectionSampler, Probe
 from harness.scenario import Scenario, override
 
@@ -216,7 +217,7 @@ def start_server(
     raise AssertionError("unreachable")
 
 
-def verify(port: int, variant: Variant, db: Database, rows: int, timeout_s: float = 10.0) -> dict[str, Any]:
+def verify(port: int, variant: Variant, db: Database, rows: int, timeout_s: float = 10.0) -> Verification:
     """One request for a random seeded row: status 200 and exactly the expected JSON
     (the row, unless the variant says otherwise). One only: the leaky pool variant
     loses a connection per request by design."""
@@ -396,6 +397,7 @@ def start_locust(
         "--bench-rows", str(scenario.rows),
         "--bench-warmup", str(scenario.warmup_s),
         "--bench-timeout", str(scenario.request_timeout_s),
+        "--bench-warmup-max", str(scenario.warmup_max_s),
         "--bench-phases", str(folder / "phases.json"),
         "--bench-rate", str(sample.rate if sample else 0.0),
         "--bench-check-body", "1" if sample else "0",
@@ -458,9 +460,10 @@ def run_load(
     min_requests = 0 if soak else int(getattr(scenario, "min_requests", 0) or 0)
     max_measure_s = measured_s if soak else max(measured_s, float(getattr(scenario, "max_measure_s", 0) or 0))
     # The warm-up ends once every user has completed a request, at the latest after
-    # warm-up + one request timeout (the locustfile's cap); Locust's -t is the sum of the
-    # caps and a second, so the locustfile, not the timer, normally ends the load.
-    warmup_cap_s = scenario.warmup_s + scenario.request_timeout_s
+    # warm-up + one request timeout or `warmup_max_s` (the locustfile's limits); Locust's
+    # -t is the sum of the limits and a second, so the locustfile, not the timer,
+    # normally ends the load.
+    warmup_cap_s = max(scenario.warmup_s + scenario.request_timeout_s, scenario.warmup_max_s)
     run_time = math.ceil(warmup_cap_s + max_measure_s) + 1
     deadline = run_time + scenario.request_timeout_s + 30 + 10 * scenario.locust_workers
     started = time.monotonic()
@@ -500,19 +503,22 @@ def run_load(
         raise BenchError("Locust wrote no statistics")
     # The totals are the load processes' tallies: one missing is requests missing.
     tallies, expected = len(list(folder.glob("tally-*.json"))), max(1, scenario.locust_workers)
+    if "measure_start" not in store.read_phases(folder) and not soak:
+        raise BenchError(f"the load generator never ended its warm-up: {log_tail(folder / 'locust.log', 3)}")
     if "measure_start" in store.read_phases(folder) and tallies < expected:
         raise BenchError(f"{expected - tallies} of {expected} Locust load processes wrote no tally")
 
 
-# Counters count as drained once unchanged this long: longer than any teardown or
-# background task a pair declares (500 ms at most), which may still run after the load.
-COUNTERS_QUIET_S = 0.6
+# Counters count as drained once unchanged for this long beyond the work a pair says may
+# run after its responses (Pair.drain_s): a variant with none has finished with the load.
+COUNTERS_QUIET_S = 0.1
 
 
-def read_counters(port: int, timeout_s: float = 5.0) -> dict[str, Any] | None:
+def read_counters(port: int, drain_s: float = 0.0, timeout_s: float = 5.0) -> Counters | None:
     """The variant's own /counters once they have stopped changing."""
-    deadline = time.monotonic() + timeout_s
-    last: dict[str, Any] | None = None
+    quiet_s = drain_s + COUNTERS_QUIET_S
+    deadline = time.monotonic() + max(timeout_s, 3 * quiet_s)
+    last: Counters | None = None
     unchanged_since = time.monotonic()
     while time.monotonic() < deadline:
         try:
@@ -523,9 +529,9 @@ def read_counters(port: int, timeout_s: float = 5.0) -> dict[str, Any] | None:
         now = time.monotonic()
         if current != last:
             last, unchanged_since = current, now
-        elif now - unchanged_since >= COUNTERS_QUIET_S:
+        elif now - unchanged_since >= quiet_s:
             return current
-        time.sleep(0.2)
+        time.sleep(min(0.2, quiet_s / 2))
     return last
 
 
@@ -569,7 +575,7 @@ def variant_meta(pair: Pair, variant: Variant, knobs: dict[str, int]) -> dict[st
     }
 
 
-def measure_sample(plan: RunPlan, db: Database, sample: Sample, progress: Progress) -> dict[str, Any]:
+def measure_sample(plan: RunPlan, db: Database, sample: Sample, progress: Progress) -> SampleRecord:
     pair, variant = sample.pair, sample.variant
     knobs = plan.knobs[pair.name]
     scenario = plan.scenario_for(pair)
@@ -578,7 +584,7 @@ def measure_sample(plan: RunPlan, db: Database, sample: Sample, progress: Progre
         store.write_json(variant_folder / "variant.json", variant_meta(pair, variant, knobs))
     folder = variant_folder / sample.id
     folder.mkdir(parents=True, exist_ok=True)
-    meta: dict[str, Any] = {
+    meta: SampleMeta = {
         "pair": pair.name,
         "variant": variant.name,
         "role": variant.role,
@@ -629,7 +635,7 @@ def measure_sample(plan: RunPlan, db: Database, sample: Sample, progress: Progre
                     progress.say(f"load done; {meta['recovery_s']:.0f} s of recovery without load")
                     time.sleep(meta["recovery_s"])
                 lap("load")
-            meta["counters"] = read_counters(port)
+            meta["counters"] = read_counters(port, pair.drain_s(knobs))
             lap("counters")
         finally:
             server.stop()
@@ -667,13 +673,13 @@ def measure_sample(plan: RunPlan, db: Database, sample: Sample, progress: Progre
     return record
 
 
-def calibrate(plan: RunPlan, db: Database, progress: Progress) -> dict[str, Any]:
+def calibrate(plan: RunPlan, db: Database, progress: Progress) -> Calibration:
     """What the load generator can drive on this machine: Locust, as configured for
     the run, against the bare ASGI stub's /ping (status checked, no body check)."""
     folder = plan.run_dir / "calibration"
     folder.mkdir(parents=True, exist_ok=True)
     scenario = replace(plan.scenario, warmup_s=1.0, duration_s=plan.scenario.calibrate_s)
-    meta: dict[str, Any] = {"status": "running", "users": scenario.users, "workers": scenario.locust_workers}
+    meta: SampleMeta = {"status": "running", "users": scenario.users, "workers": scenario.locust_workers}
     store.write_json(folder / "sample.json", meta)
     try:
         upstream, port = start_upstream(folder, scenario)  # already started: stop it, do not re-enter
@@ -721,7 +727,7 @@ def choose_workers(plan: RunPlan, ceiling_rps: float | None) -> tuple[int, str]:
     return workers, f"{workers} workers: one process reached {ceiling_rps:,.0f} req/s, below the requested {rate:g}"
 
 
-def write_summary(plan: RunPlan, samples: list[dict[str, Any]]) -> None:
+def write_summary(plan: RunPlan, samples: list[SampleRecord]) -> None:
     analysis.write_summary(plan.run_dir, plan.scenario.to_dict(), samples, plan.pairs, plan.knobs)
 
 
@@ -733,8 +739,8 @@ def _completed(folder: Path) -> bool:
 
 
 def _measure_one(
-    plan: RunPlan, db: Database, sample: Sample, progress: Progress, samples: list[dict[str, Any]]
-) -> dict[str, Any]:
+    plan: RunPlan, db: Database, sample: Sample, progress: Progress, samples: list[SampleRecord]
+) -> SampleRecord:
     """One sample, kept from an earlier attempt when resuming; the summary is rewritten
     after each, so a crash leaves every completed sample counted."""
     progress.step(f"{sample.pair.name}/{sample.variant.name}", sample.id)
@@ -751,7 +757,7 @@ def _measure_one(
 
 
 def _standing(
-    plan: RunPlan, samples: list[dict[str, Any]], seconds: dict[str, float], confidence: float
+    plan: RunPlan, samples: list[SampleRecord], seconds: dict[str, float], confidence: float
 ) -> dict[str, PairProgress]:
     """Each pair's blocks so far, how many of its checks are still open, and what a block costs."""
     standing = {}
@@ -769,7 +775,7 @@ def _measure_all(
     plan: RunPlan,
     db: Database,
     manifest: dict[str, Any],
-    samples: list[dict[str, Any]],
+    samples: list[SampleRecord],
 ) -> None:
     manifest["database"] = {
         "source": db.source,
@@ -865,7 +871,7 @@ def run(plan: RunPlan, db: Database | None = None) -> Path:
     manifest["variants"] = {pair.name: [v.name for v in pair.variants] for pair in plan.pairs}
     manifest["order"] = [sample.label for sample in sample_plan(plan)]  # the fixed part; more blocks may follow
     store.write_json(plan.run_dir / "manifest.json", manifest)
-    samples: list[dict[str, Any]] = []
+    samples: list[SampleRecord] = []
     try:
         with contextlib.nullcontext(db) if db else database.provision(plan.dsn, PG_HOME) as ready:
             _measure_all(plan, ready, manifest, samples)

@@ -24,6 +24,9 @@ class Scenario:
     users: int = 50  # concurrent Locust users on the variant under test
     spawn_rate: float = 50.0  # users started per second
     warmup_s: float = 5.0  # load before measuring, not counted
+    # While users are still getting their first answers, the warm-up may go on this long
+    # (0: only warm-up + a few seconds' grace): a blocked loop takes its users in slowly.
+    warmup_max_s: float = 0.0
     duration_s: float = 30.0  # measured load per variant
     probe_rate: float = 10.0  # /ping requests per second alongside the load
     request_timeout_s: float = 10.0  # a Locust request slower than this is a failure
@@ -70,6 +73,7 @@ MAXIMUM: dict[str, Bound] = {
     "users": Bound(2_000, "users", "more Locust users than that saturate one loopback machine's generator"),
     "spawn_rate": Bound(2_000, "users per second", "the most users, all started in one second"),
     "warmup_s": Bound(600, "seconds", "a warm-up of 10 minutes reaches any steady state"),
+    "warmup_max_s": Bound(600, "seconds", "a warm-up of 10 minutes reaches any steady state"),
     "duration_s": Bound(3_600, "seconds", "one hour of measured load per sample"),
     "probe_rate": Bound(1_000, "requests per second", "a /ping every millisecond; more would load the server"),
     "request_timeout_s": Bound(300, "seconds", "a request slower than 5 minutes has failed"),
@@ -111,6 +115,7 @@ def knob_bound(key: str) -> Bound:
 # Fields where 0 means "off"; every other number must be greater than 0.
 _MAY_BE_ZERO = {
     "rate", "open_loop", "calibrate_s", "soak_s", "locust_workers", "budget_s", "min_requests", "max_measure_s",
+    "warmup_max_s",
 }  # fmt: skip
 _POSITIVE = {f.name for f in fields(Scenario)} - {"name", "description"}
 

@@ -24,9 +24,10 @@ import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from harness.pairs import ROOT, BenchError
+from harness.records import Summary
 
 FORMAT_VERSION = 2  # 2: one folder per sample under each variant
 RESULTS_DIR = ROOT / "results"
@@ -60,6 +61,12 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def read_summary(run_dir: Path) -> Summary:
+    """summary.json as harness.analysis.write_summary writes it: the one place its
+    records are taken to be what they say they are."""
+    return cast(Summary, read_json(run_dir / "summary.json"))
 
 
 def new_run_dir(scenario: str, out: Path | None) -> Path:
@@ -101,15 +108,15 @@ def feeds_top_report(run_dir: Path) -> bool:
     return bool(read_json(run_dir / "manifest.json").get("writes_top_report", True))
 
 
-def latest_companions(exclude: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+def latest_companions(exclude: Path) -> dict[str, tuple[Path, Summary]]:
     """The newest stored users sweep and the newest soak under results/ (runs with their
     own reports), by kind, with their summaries: the top report shows them beside its run."""
-    found: dict[str, tuple[Path, dict[str, Any]]] = {}
+    found: dict[str, tuple[Path, Summary]] = {}
     for path in sorted(RESULTS_DIR.glob("*/"), key=lambda p: p.name, reverse=True):
         if path.resolve() == exclude.resolve() or not is_run_dir(path) or feeds_top_report(path):
             continue
         try:
-            summary = read_json(path / "summary.json")
+            summary = read_summary(path)
         except (OSError, ValueError):
             continue
         for kind, key in (("sweep", "levels"), ("soak", "soak")):

@@ -14,10 +14,11 @@ can cut its own samples to the same window.
 
 The warm-up ends once `--bench-warmup` seconds have passed, every user has been spawned
 and every user has completed at least one request (so connection set-up and the first
-queue of requests stay out of the measured window), or at the latest after the warm-up
-plus WARMUP_GRACE_S (or `--bench-timeout`, if shorter), for a variant where some user never
-completes; phases.json
-says whether that cap was hit and how many users had completed. The measured phase then
+queue of requests stay out of the measured window). A variant where some user never
+completes ends it at the cap: the warm-up plus WARMUP_GRACE_S (or `--bench-timeout`, if
+shorter), or, while users are still getting their first answers, at `--bench-warmup-max`
+(the scenario's `warmup_max_s`);
+phases.json says whether the cap was hit and how many users had completed. The measured phase then
 lasts `--bench-duration` seconds and, with `--bench-min-requests N`, until the tally holds
 N requests, but never longer than `--bench-max-measure` seconds; then the locustfile stops
 the load itself (Locust's `-t` is only the outer bound). In distributed mode the workers
@@ -63,6 +64,9 @@ def add_options(parser: Any) -> None:
     parser.add_argument("--bench-rows", type=int, default=1, help="ids are drawn from 1..rows")
     parser.add_argument("--bench-warmup", type=float, default=0.0, help="seconds before statistics reset")
     parser.add_argument("--bench-timeout", type=float, default=10.0, help="a request slower than this fails")
+    parser.add_argument(
+        "--bench-warmup-max", type=float, default=0.0, help="warm-up seconds at most while users still get answers"
+    )
     parser.add_argument("--bench-phases", default="", help="where the master writes phase times")
     parser.add_argument("--bench-rate", type=float, default=0.0, help="open loop: requests per second in all")
     parser.add_argument("--bench-check-body", type=int, default=1, help="0: status only (calibration)")
@@ -91,28 +95,44 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
 # --- the decisions, as pure functions ---------------------------------------------------
 
 
-# How long past the asked warm-up a warm-up may wait for every user's first answer. A
-# server that serves at all answers its users' first requests within a second or two; one
-# that leaves connections unaccepted (a blocked uvloop accepts one per loop pass) would
-# keep the warm-up waiting for a whole request timeout. Requests sent before the window
-# never count, so a backlog left by the warm-up cannot land in it either way.
+# How long past the asked warm-up a warm-up waits for every user's first answer when
+# none arrives any more: a server that serves at all answers its users' first requests
+# within a second or two.
 WARMUP_GRACE_S = 3.0
 
 
 def warmup_cap_s(warmup_s: float, timeout_s: float) -> float:
-    """The longest warm-up: the warm-up asked for plus the grace (or one request timeout,
-    if shorter), by which every user's first request has completed or failed, unless the
-    server never takes it in."""
+    """The warm-up's cap while no user gets a first answer: the warm-up asked for plus the
+    grace (or one request timeout, if shorter), by which every user's first request has
+    completed or failed, unless the server never takes it in."""
     return max(0.0, warmup_s) + min(WARMUP_GRACE_S, max(0.0, timeout_s))
 
 
-def warmup_end(elapsed_s: float, warmup_s: float, cap_s: float, spawned: bool, users: int, completed: int) -> str:
+def warmup_limit_s(cap_s: float, max_s: float) -> float:
+    """The longest warm-up, however steadily users still get their first answers:
+    `--bench-warmup-max`, never shorter than the cap."""
+    return max(cap_s, max_s)
+
+
+def warmup_end(
+    elapsed_s: float,
+    warmup_s: float,
+    cap_s: float,
+    spawned: bool,
+    users: int,
+    completed: int,
+    quiet_s: float = float("inf"),
+    limit_s: float = 0.0,
+) -> str:
     """Whether the warm-up may end: "ready" once `warmup_s` have passed, all users are
-    spawned and each has completed a request; "capped" at `cap_s` whatever they did;
-    "" to go on."""
+    spawned and each has completed a request; "capped" at `cap_s` if no user got a first
+    answer in the last WARMUP_GRACE_S (`quiet_s`: seconds since the latest), and at
+    `limit_s` (the `warmup_limit_s`) whatever they did; "" to go on."""
     if elapsed_s >= warmup_s and spawned and users > 0 and completed >= users:
         return "ready"
-    if elapsed_s >= cap_s:
+    if elapsed_s >= max(cap_s, limit_s):
+        return "capped"
+    if elapsed_s >= cap_s and quiet_s >= min(WARMUP_GRACE_S, cap_s):
         return "capped"
     return ""
 
@@ -272,18 +292,26 @@ def control(environment: Any, phases_file: str) -> None:
     options = _options(environment)
     started = time.monotonic()
     cap = warmup_cap_s(options.bench_warmup, options.bench_timeout)
+    limit = warmup_limit_s(cap, options.bench_warmup_max)
+    answered, answered_at = 0, started
     while True:
         users, completed, _ = _totals(environment)
-        verdict = warmup_end(time.monotonic() - started, options.bench_warmup, cap, PROGRESS.spawned, users, completed)
+        now = time.monotonic()
+        if completed > answered:  # another user's first answer: the warm-up is still making progress
+            answered, answered_at = completed, now
+        verdict = warmup_end(
+            now - started, options.bench_warmup, cap, PROGRESS.spawned, users, completed, now - answered_at, limit
+        )
         if verdict:
             break
         gevent.sleep(POLL_S)
+    phases["warmup_s"] = round(time.monotonic() - started, 3)
     # The window's start first: every load process's tally starts at or after it.
     phases["measure_start"] = time.time()
     if isinstance(environment.runner, MasterRunner):
         environment.runner.send_message(RESET_MESSAGE)
     _reset_stats(environment)
-    phases.update(warmup_capped=verdict == "capped", warmup_cap_s=cap)
+    phases.update(warmup_capped=verdict == "capped", warmup_cap_s=cap, warmup_limit_s=limit)
     phases.update(warmup_users=users, warmup_users_completed=min(completed, users))
     _write_json(phases_file, phases)
     duration, min_requests = float(options.bench_duration), int(options.bench_min_requests)

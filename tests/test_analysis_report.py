@@ -10,6 +10,7 @@ import pytest
 
 from harness import analysis, charts, report, store
 from harness.pairs import Pair, Variant, discover
+from harness.records import SampleRecord
 from tests.conftest import write_manifest, write_variant
 
 
@@ -42,6 +43,9 @@ def test_failed_variant_keeps_its_reason_and_no_numbers(tmp_path: Path) -> None:
     # summary.json has one shape: a failed record carries every field a measured one does.
     measured = analysis.summarize_sample(write_variant(tmp_path, "deps", "async-dep", "good"))
     assert set(record) == set(measured) == set(analysis.RECORD_FIELDS) | set(analysis.SAMPLE_FIELDS)
+    # ... and only keys its type names, every required one: harness.records.SampleRecord is what it says.
+    for found in (record, measured):
+        assert SampleRecord.__required_keys__ <= set(found) <= set(SampleRecord.__annotations__)
 
 
 def test_half_written_variant_is_skipped_with_a_warning(tmp_path: Path) -> None:

@@ -129,7 +129,8 @@ def test_report_on_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
 def test_list_names_every_pair_and_claim() -> None:
     result = bench("list")
     assert result.returncode == 0
-    for text in ("deps", "[C1]", "sessions", "[C7]", "blocking", "[C11]", "block_ms=20"):
+    block_ms = pairs_mod.discover()["blocking"].knobs["block_ms"]
+    for text in ("deps", "[C1]", "sessions", "[C7]", "blocking", "[C11]", f"block_ms={block_ms}"):
         assert text in result.stdout
     # Every claim of the catalogue is mapped to at least one pair that exists.
     claims = result.stdout.split("claims:")[1].splitlines()

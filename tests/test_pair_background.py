@@ -55,7 +55,7 @@ def decide(
 ) -> Verdict:
     records = {"inline": inline, "background": background, UNHELD: unheld}
     blocks = blocks_of(records) if jitter is None else blocks_of(records, jitter)
-    return PAIR.decide(records, {"work_ms": work_ms, "pool_size": 60}, blocks)
+    return PAIR.decide(records, PAIR.knobs | {"work_ms": work_ms}, blocks)
 
 
 INLINE = rec(110, after_response=0)
@@ -117,7 +117,7 @@ def test_inconclusive_while_the_gain_straddles_its_threshold() -> None:
 def test_inconclusive_when_a_variant_is_missing() -> None:
     # Without the function-scope reference the gain cannot be judged free of the pool's queue.
     records = {"inline": INLINE, "background": HELD, UNHELD: {"status": "failed"}}
-    verdict = PAIR.decide(records, {"work_ms": 100, "pool_size": 60}, blocks_of(records))
+    verdict = PAIR.decide(records, PAIR.knobs | {"work_ms": 100}, blocks_of(records))
     assert verdict.outcome == "inconclusive" and UNHELD in verdict.headline
 
 

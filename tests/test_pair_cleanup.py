@@ -17,7 +17,7 @@ from harness.scenario import Scenario
 from tests.conftest import blocks_of
 
 PAIR = discover()["cleanup"]
-KNOBS = {"teardown_ms": 200, "pool_size": 80, "pool_timeout_ms": 2000}
+KNOBS = dict(PAIR.knobs)
 
 
 def counters(setups: int, cleanups: int | None = None, raised: int = 0, after_ms: float = 0.0) -> dict[str, Any]:
@@ -134,7 +134,7 @@ def test_inconclusive_when_the_counters_miss_a_skipped_teardown() -> None:
 
 # --- the app's counters on a real server --------------------------------------------------
 
-TEST_KNOBS = {"teardown_ms": 300, "pool_size": 4, "pool_timeout_ms": 2000}
+TEST_KNOBS = KNOBS | {"teardown_ms": 300, "pool_size": 4}
 
 
 def get_json(port: int, path: str) -> Any:
@@ -156,7 +156,7 @@ def test_teardown_counts_and_timing_per_variant(db: Database, tmp_path: Path) ->
                 assert get_json(port, variant.path.format(id=item_id)) == database.fetch_row(db, item_id)
             # Read right after the third response: a request-scoped teardown (300 ms) is still running.
             right_after = get_json(port, "/counters")
-            drained = runner.read_counters(port)
+            drained = runner.read_counters(port, PAIR.drain_s(TEST_KNOBS))
         finally:
             server.stop()
         assert drained is not None

@@ -27,7 +27,7 @@ def rec(p50: float, rps: float = 50, failure_rate: float = 0.0, status: str = "o
 def decide(sequential: dict[str, Any], gathered: dict[str, Any], jitter: tuple[float, ...] | None = None) -> Verdict:
     records = {"sequential": sequential, "gather": gathered}
     blocks = blocks_of(records) if jitter is None else blocks_of(records, jitter)
-    return PAIR.decide(records, {"upstream_ms": 50}, blocks)
+    return PAIR.decide(records, PAIR.knobs, blocks)
 
 
 def part_outcomes(verdict: Verdict) -> list[str]:

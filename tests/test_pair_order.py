@@ -28,7 +28,10 @@ def rec(p50: float, order: list[str] | None = None, wall: float = 100.0, summed:
 
 
 def decide(
-    two: dict[str, Any], one: dict[str, Any], setup_ms: int = 50, jitter: tuple[float, ...] = (0.97, 1.0, 1.03)
+    two: dict[str, Any],
+    one: dict[str, Any],
+    setup_ms: int = PAIR.knobs["setup_ms"],
+    jitter: tuple[float, ...] = (0.97, 1.0, 1.03),
 ) -> Any:
     records = {"two-deps": two, "one-dep": one}
     return PAIR.decide(records, {"setup_ms": setup_ms}, blocks_of(records, jitter))

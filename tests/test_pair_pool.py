@@ -20,7 +20,7 @@ def rec(rps: float, p50: float, new_backends: float | None = 0.0, status: str = 
 
 def decide(connect: dict[str, Any], pooled: dict[str, Any], jitter: tuple[float, ...] = (0.97, 1.0, 1.03)) -> Any:
     records = {"connect-per-request": connect, "lifespan-pool": pooled}
-    return PAIR.decide(records, {"pool_size": 10}, blocks_of(records, jitter))
+    return PAIR.decide(records, PAIR.knobs, blocks_of(records, jitter))
 
 
 def outcomes(verdict: Any) -> dict[str, str]:

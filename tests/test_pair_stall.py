@@ -18,7 +18,7 @@ from harness.scenario import Scenario
 from tests.conftest import blocks_of
 
 PAIR = discover()["stall"]
-KNOBS = {"pool_size": 5, "pool_timeout_ms": 2000}
+KNOBS = dict(PAIR.knobs)
 STALL = "successful_throughput_ratio_sync-dep_async-driver"
 # Four factors for four variants, so every variant's figures move differently between blocks.
 WIDE = (0.5, 1.0, 2.0, 1.5)

@@ -51,7 +51,7 @@ def rec(
 def decide(on_event: dict[str, Any], lifespan: dict[str, Any], jitter: tuple[float, ...] | None = None) -> Any:
     records = {"on-event": on_event, "lifespan": lifespan}
     blocks = blocks_of(records)
-    return PAIR.decide(records, {"pool_size": 10}, cpu_jitter(blocks, jitter) if jitter else blocks)
+    return PAIR.decide(records, PAIR.knobs, cpu_jitter(blocks, jitter) if jitter else blocks)
 
 
 def test_partly_holds_when_it_works_but_warns() -> None:

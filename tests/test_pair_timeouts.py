@@ -19,7 +19,7 @@ from harness.scenario import Scenario
 from tests.conftest import blocks_of
 
 PAIR = discover()["timeouts"]
-KNOBS = {"upstream_ms": 20, "slow_ms": 3000, "slow_every": 20, "timeout_ms": 200}
+KNOBS = dict(PAIR.knobs)
 
 
 def rec(

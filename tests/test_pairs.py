@@ -48,3 +48,16 @@ def test_select_a_single_variant_and_suggest_variant_names() -> None:
     with pytest.raises(BenchError, match=r"no variant 'async-deps' .*did you mean 'async-dep'"):
         select(["deps/async-deps"])
     assert len(select(["deps/sync-dep", "deps"])[0].variants) == 3
+
+
+def test_counters_wait_for_the_work_a_pair_runs_after_its_responses() -> None:
+    pairs = discover()
+    background, cleanup = pairs["background"], pairs["cleanup"]
+    # The declared knob, read from the pair's own defaults or the run's values.
+    assert background.drain_s({}) == background.knobs["work_ms"] / 1000
+    assert background.drain_s({"work_ms": 1500}) == 1.5
+    assert cleanup.drain_s({}) == cleanup.knobs["teardown_ms"] / 1000
+    # Every knob a pair names for it must exist; a pair with none has nothing to wait for.
+    for pair in pairs.values():
+        assert not pair.drain_knob or pair.drain_knob in pair.knobs, pair.name
+    assert pairs["control"].drain_s({}) == 0.0

@@ -76,8 +76,7 @@ def sessions(
     from tests.conftest import blocks_of
 
     records = {"connect-leaky": c_leaky, "connect-closed": c_closed, "pool-leaky": p_leaky, "pool-closed": p_closed}
-    knobs = {"pool_size": 10, "pool_timeout_ms": 2000}
-    return PAIRS["sessions"].decide(records, knobs, blocks or blocks_of(records))
+    return PAIRS["sessions"].decide(records, PAIRS["sessions"].knobs, blocks or blocks_of(records))
 
 
 SESSIONS_POOL = "failure_rate_total_pool-leaky"

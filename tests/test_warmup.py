@@ -71,6 +71,32 @@ def test_warmup_ends_once_every_user_answered_or_at_the_cap(
     assert lf.warmup_end(elapsed, 1.0, 11.0, spawned, users, completed) == expected
 
 
+@pytest.mark.parametrize(
+    ("elapsed", "completed", "quiet", "expected"),
+    [
+        (5.0, 31, 0.5, ""),  # past the cap, but a user had its first answer half a second ago
+        (5.0, 31, 2.9, ""),
+        (5.0, 31, 3.0, "capped"),  # no first answer for the whole grace: the cap holds
+        (3.9, 31, 10.0, ""),  # before the cap, quiet or not
+        (30.9, 49, 0.1, ""),  # still arriving just before the limit
+        (31.0, 49, 0.1, "capped"),  # the limit holds however steady the progress
+        (31.0, 50, 0.1, "ready"),
+    ],
+)
+def test_warmup_waits_past_the_cap_only_while_first_answers_still_arrive(
+    elapsed: float, completed: int, quiet: float, expected: str
+) -> None:
+    cap = lf.warmup_cap_s(1.0, 10.0)
+    limit = lf.warmup_limit_s(cap, 31.0)
+    assert (cap, limit) == (4.0, 31.0)
+    assert lf.warmup_end(elapsed, 1.0, cap, True, 50, completed, quiet, limit) == expected
+
+
+def test_warmup_limit_is_never_shorter_than_the_cap() -> None:
+    assert lf.warmup_limit_s(4.0, 0.0) == 4.0
+    assert lf.warmup_limit_s(4.0, 40.0) == 40.0
+
+
 def test_max_measure_is_never_shorter_than_the_duration() -> None:
     assert lf.max_measure_s(4.0, 0.0) == 4.0
     assert lf.max_measure_s(4.0, 2.0) == 4.0
@@ -180,7 +206,7 @@ class FakeRunner:
 def _environment(users: int, **options: Any) -> SimpleNamespace:
     defaults = {
         "bench_warmup": 0.05, "bench_timeout": 0.3, "bench_duration": 0.1,
-        "bench_min_requests": 0, "bench_max_measure": 0.0,
+        "bench_min_requests": 0, "bench_max_measure": 0.0, "bench_warmup_max": 0.0,
     }  # fmt: skip
     return SimpleNamespace(runner=FakeRunner(users), parsed_options=SimpleNamespace(**(defaults | options)))
 
@@ -202,6 +228,39 @@ def test_control_ends_the_warmup_once_every_user_answered_then_stops_the_load(fr
     assert 0.1 <= phases["measure_stop"] - phases["measure_start"] < 1.0
     assert phases["measure_capped"] is False and phases["measure_requests"] == 0
     assert env.runner.quit_at is not None and lf.TALLY.start == pytest.approx(phases["measure_start"], abs=0.05)
+
+
+def test_control_waits_past_the_cap_while_first_answers_still_arrive(fresh: None, tmp_path: Path) -> None:
+    # The cap is 0.35 s (0.05 s warm-up + the 0.3 s timeout), the limit 3 s: users that
+    # get their first answers 0.25 s apart keep the warm-up going until the last one.
+    env, phases_file = _environment(4, bench_warmup_max=3.0), tmp_path / "phases.json"
+    lf.PROGRESS.spawned = True
+    lf.PROGRESS.completed = 1
+
+    def answer_slowly() -> None:
+        for _ in range(3):
+            gevent.sleep(0.25)
+            lf.PROGRESS.first_completion()
+
+    answers = gevent.spawn(answer_slowly)
+    control = gevent.spawn(lf.control, env, str(phases_file))
+    control.join(timeout=5)
+    answers.join(timeout=1)
+    assert control.successful(), control.exception
+    phases = json.loads(phases_file.read_text())
+    assert phases["warmup_capped"] is False and phases["warmup_users_completed"] == 4
+    assert phases["warmup_limit_s"] == 3.0 and 0.7 <= phases["warmup_s"] < 2.0, "past the 0.35 s cap, not the limit"
+
+
+def test_control_caps_a_warmup_that_stopped_making_progress(fresh: None, tmp_path: Path) -> None:
+    env, phases_file = _environment(4, bench_warmup_max=3.0), tmp_path / "phases.json"
+    lf.PROGRESS.spawned = True
+    lf.PROGRESS.completed = 1  # the others never get an answer
+    control = gevent.spawn(lf.control, env, str(phases_file))
+    control.join(timeout=5)
+    assert control.successful(), control.exception
+    phases = json.loads(phases_file.read_text())
+    assert phases["warmup_capped"] is True and phases["warmup_s"] < 1.5, "capped near 0.35 s, not at the 3 s limit"
 
 
 def test_control_caps_the_warmup_and_the_measured_phase(fresh: None, tmp_path: Path) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from harness.checks import P50, THROUGHPUT, Check, Difference, Level, Metric, Part, Ratio, Rule, Total, counter
 from harness.pairs import Pair, Variant, counter_ratio
+from harness.records import Record
 
 # The work left the response path when the background variant without a held connection
 # has a p50 below inline's by at least GAIN_MIN of work_ms; within GAIN_NONE of it either
@@ -23,7 +23,7 @@ AFTER_SHARE = 0.99
 UNHELD = "background-function-scope"
 
 
-def after_response_share(record: Mapping[str, Any]) -> float | None:
+def after_response_share(record: Record) -> float | None:
     return counter_ratio(record, "follow_ups_after_response", "follow_ups_started")
 
 
@@ -126,6 +126,7 @@ PAIR = Pair(
     # work_ms well above what a saturated 2-core server adds to a fast request (~50 ms at
     # 50 users), so the p50 gain measures the work moved, not the CPU queue.
     knobs={"work_ms": 500, "pool_size": 60},
+    drain_knob="work_ms",  # counters are final only once the last response's work has ended
     order=130,
     references=("fastapi#14099", "fastapi#14262"),
 )

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from harness.checks import FAILURE_RATE, P50, Check, Difference, Metric, Part, Rule, Total
 from harness.pairs import Pair, Variant, ratio
+from harness.records import Record
 
 # Counters are read once the load has drained: every checked-out connection must be back.
 IN_FLIGHT_SLACK = 0
@@ -22,7 +22,7 @@ def counted(name: str, label: str, per: str | None = None, unit: str = "") -> Me
     """One of the app's counters (a counter never incremented is 0), or its ratio to another;
     None when the variant returned no counters at all."""
 
-    def read(record: Mapping[str, Any]) -> float | None:
+    def read(record: Record) -> float | None:
         counters = record.get("counters")
         if not counters:
             return None
@@ -32,13 +32,13 @@ def counted(name: str, label: str, per: str | None = None, unit: str = "") -> Me
     return Metric(label, unit, read)
 
 
-def never_returned(record: Mapping[str, Any]) -> float | None:
+def never_returned(record: Record) -> float | None:
     """Connections checked out whose teardown never ran."""
     counters = record.get("counters")
     return None if not counters else float(counters.get("setups", 0)) - float(counters.get("cleanups", 0))
 
 
-def backends_left(record: Mapping[str, Any]) -> float | None:
+def backends_left(record: Record) -> float | None:
     """Backends above the baseline after the server stopped, plus those the runner had to end."""
     settled, baseline = record.get("settled_connections"), record.get("baseline_connections")
     if settled is None or baseline is None:
@@ -150,6 +150,7 @@ PAIR = Pair(
     ),
     rule=rule,
     knobs=KNOBS,
+    drain_knob="teardown_ms",  # counters are final only once the last response's work has ended
     order=50,
     references=("fastapi#14099", "fastapi#14262"),
 )

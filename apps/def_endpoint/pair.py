@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from harness.checks import CPU_PER_REQUEST, THREADS_PEAK, THROUGHPUT, Check, Level, Metric, Part, Ratio, Rule, Total
 from harness.pairs import Pair, Variant, counter_ratio
+from harness.records import Record
 
 # An endpoint "does not work" when at least this share of its requests went wrong
 # (failed, or left their dependency's teardown undone): above a stray timeout, far below
@@ -14,7 +14,7 @@ from harness.pairs import Pair, Variant, counter_ratio
 BROKEN_SHARE = 0.01
 
 
-def broken_share(record: Mapping[str, Any]) -> float | None:
+def broken_share(record: Record) -> float | None:
     """The share of requests that did not work: every one when verification failed;
     else the larger of the failure rate and the share of setups never torn down. None
     when the variant failed for another reason (e.g. its server did not start)."""

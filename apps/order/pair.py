@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from harness.checks import P50, Check, Difference, Level, Metric, Part, Ratio, Rule, Total, counter
 from harness.pairs import Pair, Variant
+from harness.records import Record
 
 # What the claim predicts for dependencies declared A then B.
 EXPECTED_ORDER = ["enter A", "enter B", "exit B", "exit A"]
@@ -20,7 +20,7 @@ WALL_SHARE_MIN = 0.95
 BASELINE_MAX = 1.5
 
 
-def order_as_declared(record: Mapping[str, Any]) -> float | None:
+def order_as_declared(record: Record) -> float | None:
     """1.0 when the first request's enter/exit events came in the expected order, else 0.0."""
     order = (record.get("counters") or {}).get("order")
     return None if not order else float(list(order) == EXPECTED_ORDER)

@@ -11,6 +11,7 @@ from harness import database
 from harness.checks import CPU_PER_REQUEST, THROUGHPUT, Check, Metric, Part, Ratio, Rule, Total
 from harness.database import Database
 from harness.pairs import Pair, Role, Variant
+from harness.records import Record
 
 # A replacement counts as faster when it needs at most this share of the server CPU time
 # per request of the variant it replaces (15% less): beyond the +-10% inside which an A/A
@@ -28,7 +29,7 @@ def expected_rows(db: Database, item_id: int) -> list[dict[str, Any] | None]:
     return [found.get(i) for i in ids]  # a missing row stays None and fails verification
 
 
-def deprecation_warnings(record: Mapping[str, Any]) -> float | None:
+def deprecation_warnings(record: Record) -> float | None:
     """How many distinct ORJSONResponse deprecation warnings the server printed (None:
     warnings were not recorded)."""
     lines = record.get("warnings")

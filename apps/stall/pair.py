@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from harness.checks import FAILURE_RATE, P99, Check, Level, Metric, Part, Ratio, Rule, Total, counter, good_rps
 from harness.pairs import ANYIO_TOKENS, Pair, Variant
+from harness.records import Record
 
 # Stalled: at most a quarter of the async driver's successful throughput (~0.01x when stalled).
 STALL_SHARE = 0.25
@@ -20,7 +20,7 @@ FIX_FAILURE_RATE = 0.01
 EXTRA_USERS = 1
 
 
-def good_rps_resolved(record: Mapping[str, Any]) -> float | None:
+def good_rps_resolved(record: Record) -> float | None:
     """Successful requests per second, at least one per measured phase: a stall that lets no
     request through stays a ratio to judge (a ratio to 0 has no interval) at the figure's resolution."""
     rps, measured = good_rps(record), record.get("measured_s")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from harness.checks import (
     CPU_PER_REQUEST,
@@ -18,6 +17,7 @@ from harness.checks import (
     Total,
 )
 from harness.pairs import Pair, Variant
+from harness.records import Record
 
 # on_event "works" when it fails at most this share of requests more than lifespan: a
 # broken pool fails them all; a share this small is a stray timeout, not a startup defect.
@@ -28,7 +28,7 @@ MAX_EXTRA_FAILURE_RATE = 0.01
 MAX_CPU_RATIO = 1.25
 
 
-def failed_samples(record: Mapping[str, Any]) -> float:
+def failed_samples(record: Record) -> float:
     """Samples of the variant that failed (start-up, verification or load): all of them
     for a variant that never got through, else samples minus those that did."""
     samples, good = record.get("samples"), record.get("repeats")
@@ -37,7 +37,7 @@ def failed_samples(record: Mapping[str, Any]) -> float:
     return float(samples - good) if isinstance(samples, int) and isinstance(good, int) else 0.0
 
 
-def on_event_deprecations(record: Mapping[str, Any]) -> float | None:
+def on_event_deprecations(record: Record) -> float | None:
     """Distinct DeprecationWarnings (FastAPI's category included) about `on_event` the
     server printed (None: warnings were not recorded). FastAPI emits it at import, so a
     server that then failed to start has printed it too."""
