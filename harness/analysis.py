@@ -297,8 +297,8 @@ def sample_flags(record: SampleRecord) -> list[str]:
         if share < RATE_SHARE_LIMIT:
             flags.append(f"achieved {record['achieved_rps']:.0f} of {record['rate']:g} req/s requested")
     if record.get("warmup_capped"):  # some users' first requests may still be queued in the window
-        answered, users = record.get("warmup_users_answered"), record.get("users")
-        flags.append(f"warm-up capped: {answered} of {users} users had an answer")
+        answered, users = record.get("warmup_users_answered") or 0, record.get("users") or 0
+        flags.append(f"warm-up capped: {answered:.0f} of {users:.0f} users had an answer")
     return flags
 
 

@@ -664,13 +664,22 @@ def measure_sample(plan: RunPlan, db: Database, sample: Sample, progress: Progre
         store.write_json(folder / "sample.json", meta)
     record = analysis.summarize_sample(folder)
     if record["status"] == "ok":
-        flags = f"  FLAGGED: {'; '.join(record['flags'])}" if record["flags"] else ""
-        progress.say(
-            f"{record['rps']:.0f} req/s, p99 {record['p99_ms']:.0f} ms, {record['failures']} failures, "
-            f"/ping p99 {record['ping_p99_ms'] or float('nan'):.0f} ms, peak {record['peak_connections']} backends"
-            + flags
-        )
+        progress.say(sample_line(record))
     return record
+
+
+def sample_line(record: SampleRecord) -> str:
+    """What one measurement gave, in a line; a figure it could not measure (no request
+    completed inside a short window, no /ping answered) reads n/a."""
+
+    def show(value: float | None, unit: str) -> str:
+        return "n/a" if value is None else f"{value:.0f}{unit}"
+
+    flags = f"  FLAGGED: {'; '.join(record['flags'])}" if record["flags"] else ""
+    return (
+        f"{show(record['rps'], ' req/s')}, p99 {show(record['p99_ms'], ' ms')}, {record['failures']} failures, "
+        f"/ping p99 {show(record['ping_p99_ms'], ' ms')}, peak {record['peak_connections']} backends{flags}"
+    )
 
 
 def calibrate(plan: RunPlan, db: Database, progress: Progress) -> Calibration:

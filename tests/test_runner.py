@@ -112,3 +112,11 @@ def test_a_run_with_repeats_is_always_shuffled(tmp_path: Path) -> None:
     assert planned("--scenario", "quick", "--shuffle").shuffle_seed is not None
     assert planned("--scenario", "quick", "--repeats", "2").shuffle_seed is not None
     assert planned("--scenario", "default").shuffle_seed is not None
+
+
+def test_a_sample_with_no_request_in_its_window_gets_a_line_not_a_crash() -> None:
+    # A variant slower than its window (a dry pool answering after its timeout) completes
+    # no request inside it: its line says n/a where a figure could not be measured.
+    record = {"rps": 0.0, "p99_ms": None, "failures": 0, "ping_p99_ms": None, "peak_connections": 80, "flags": []}
+    line = runner.sample_line(record)  # type: ignore[arg-type]
+    assert line.startswith("0 req/s, p99 n/a, 0 failures, /ping p99 n/a, peak 80 backends")
