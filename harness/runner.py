@@ -22,6 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -283,8 +284,47 @@ def block_samples(plan: RunPlan, pair: Pair, block: int) -> list[Sample]:
         if scenario.open_loop and rate > 0 and block == 1:  # shown beside the verdict, not deciding it
             batch.append(Sample(pair, variant, "open", scenario.users, rate, block, False))
     if plan.shuffle_seed is not None:
-        random.Random(f"{plan.shuffle_seed}-{pair.name}-{block}").shuffle(batch)
+        batch = shuffled_together(
+            batch, compared_groups(pair, plan.knobs[pair.name]), f"{plan.shuffle_seed}-{pair.name}-{block}"
+        )
     return batch
+
+
+def compared_groups(pair: Pair, knobs: Mapping[str, int]) -> list[set[str]]:
+    """The variants the pair's deciding checks compare, joined into groups wherever a
+    check links two of them (a variant in no comparison is a group of its own)."""
+    group_of: dict[str, set[str]] = {v.name: {v.name} for v in pair.variants}
+    checks = pair.rule(pair.knobs | dict(knobs)).checks if pair.rule else ()
+    for check in checks:
+        figure = check.figure
+        if (
+            figure.to
+            and figure.of in group_of
+            and figure.to in group_of
+            and group_of[figure.of] is not group_of[figure.to]
+        ):
+            joined = group_of[figure.of] | group_of[figure.to]
+            for name in joined:
+                group_of[name] = joined
+    return list({id(group): group for group in group_of.values()}.values())
+
+
+def shuffled_together(batch: list[Sample], groups: list[set[str]], seed: str) -> list[Sample]:
+    """The block's samples in a seeded random order in which the closed-loop samples a
+    check compares run back to back: a shared machine's speed can change within a block
+    of many variants (measured: twice the CPU per request within one 40 s block of
+    `speedups`), and adjacent samples see the least of it. Groups, and the samples within
+    each, are shuffled; open-loop samples, which decide nothing, are units of their own."""
+    rng = random.Random(seed)
+    units: dict[tuple[str, int], list[Sample]] = {}
+    for index, sample in enumerate(batch):
+        group = next(i for i, g in enumerate(groups) if sample.variant.name in g)
+        units.setdefault(("closed", group) if sample.mode == "closed" else (sample.mode, -1 - index), []).append(sample)
+    order = list(units.values())
+    rng.shuffle(order)
+    for unit in order:
+        rng.shuffle(unit)
+    return [sample for unit in order for sample in unit]
 
 
 def pair_order(plan: RunPlan, pairs: list[Pair], block: int) -> list[Pair]:

@@ -120,3 +120,25 @@ def test_a_sample_with_no_request_in_its_window_gets_a_line_not_a_crash() -> Non
     record = {"rps": 0.0, "p99_ms": None, "failures": 0, "ping_p99_ms": None, "peak_connections": 80, "flags": []}
     line = runner.sample_line(record)  # type: ignore[arg-type]
     assert line.startswith("0 req/s, p99 n/a, 0 failures, /ping p99 n/a, peak 80 backends")
+
+
+def test_variants_a_check_compares_run_back_to_back_within_a_block() -> None:
+    # speedups decides on three disjoint comparisons among eight variants; two variants
+    # are only shown. Each compared pair must be adjacent in every block, in any order.
+    the_plan = plan(11, ["speedups"], repeats=12)
+    pair = the_plan.pairs[0]
+    groups = runner.compared_groups(pair, the_plan.knobs["speedups"])
+    compared = [g for g in groups if len(g) > 1]
+    assert sorted(sorted(g) for g in compared) == [
+        ["as-dict", "orjson-response"], ["asyncio-h11", "uvloop-h11"], ["orjson-model", "response-model"],
+    ]  # fmt: skip
+    orders = []
+    for block in range(1, 13):
+        order = [s.variant.name for s in runner.block_samples(the_plan, pair, block)]
+        assert sorted(order) == sorted(v.name for v in pair.variants)
+        for group in compared:
+            positions = sorted(order.index(name) for name in group)
+            assert positions[1] - positions[0] == 1, (group, order)
+        orders.append(tuple(order))
+    assert len(set(orders)) > 6, "groups and the variants within them are still shuffled"
+    assert len({order[0] for order in orders}) > 2
