@@ -39,6 +39,9 @@ PACKAGES = [
     "locust",
     "asyncpg",
     "psycopg2-binary",
+    "SQLAlchemy",
+    "sqlmodel",
+    "psycopg",
     "uvloop",
     "httptools",
 ]
