@@ -1,0 +1,115 @@
+"""Variants for the `orm_sessions` pair: SQLAlchemy sessions as FastAPI apps write them.
+
+A sync `Session` from a yield dependency on `def` endpoints, over the pool
+`create_engine` gives by default (QueuePool: 5 connections plus 10 overflow), with the
+driver the common templates use (psycopg 3, `postgresql+psycopg`). The variants differ
+only in how the dependency ends the session: not at all, `db.close()` in `finally`, or
+SQLModel's `with Session(engine) as session`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import create_engine, exc, make_url
+from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import sessionmaker
+from sqlmodel import Field, Session, SQLModel
+
+from apps import instruments
+from apps.common import Item, count, dsn, knob, probe_router
+
+
+class BenchItem(SQLModel, table=True):
+    """The seeded table (harness.database creates and fills it) as a SQLModel model."""
+
+    __tablename__ = "bench_items"
+    id: int = Field(primary_key=True)
+    name: str
+    price_cents: int
+
+
+# Module-level engine and session factory, as the articles and templates write them.
+# pool_size and max_overflow are SQLAlchemy's own defaults (the pair's knobs, so --set
+# can change them); pool_timeout is short so that an exhausted pool answers within a
+# sample instead of after the 30 s default.
+engine = create_engine(
+    make_url(dsn()).set(drivername="postgresql+psycopg"),
+    pool_size=knob("pool_size"),
+    max_overflow=knob("max_overflow"),
+    pool_timeout=knob("pool_timeout_ms") / 1000,
+)
+SessionLocal = sessionmaker(autocommit=False, autoflush=False, bind=engine)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Pool counts sampled beside loop lag; check-ins classified by what returned them.
+    instruments.watch_pool(engine.pool)
+    yield
+    # Leaked sessions may still hold connections: dispose() closes only the idle ones.
+    engine.dispose()
+
+
+app = FastAPI(title="orm_sessions", lifespan=lifespan)
+app.include_router(probe_router)
+ItemId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+@app.exception_handler(exc.TimeoutError)
+async def pool_timed_out(request: Request, error: exc.TimeoutError) -> JSONResponse:
+    # "QueuePool limit of size 5 overflow 10 reached, connection timed out, timeout 3.00":
+    # counted exactly, answered 503 instead of a 500 with a traceback per request.
+    count("pool_timeouts")
+    return JSONResponse({"detail": str(error).splitlines()[0]}, status_code=503)
+
+
+def fetch_item(db: OrmSession, item_id: int) -> Item:
+    # The session takes its connection here, at its first execute (autobegin).
+    row = db.get(BenchItem, item_id)
+    if row is None:
+        raise HTTPException(status_code=404, detail="no such item")
+    return Item(id=row.id, name=row.name, price_cents=row.price_cents)
+
+
+# never-closed: the session is created and never closed (articles 002 and 004 close it).
+def get_db_never_closed() -> Iterator[OrmSession]:
+    db = SessionLocal()
+    try:
+        yield db
+    finally:
+        pass  # forgot db.close()
+
+
+@app.get("/never-closed/items/{item_id}")
+def never_closed_item(item_id: ItemId, db: OrmSession = Depends(get_db_never_closed)) -> Item:
+    return fetch_item(db, item_id)
+
+
+# closed: the articles' dependency, closing in `finally`.
+def get_db_closed() -> Iterator[OrmSession]:
+    db = SessionLocal()
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+@app.get("/closed/items/{item_id}")
+def closed_item(item_id: ItemId, db: OrmSession = Depends(get_db_closed)) -> Item:
+    return fetch_item(db, item_id)
+
+
+# with-session: FastAPI's full-stack template (SQLModel's Session in a `with` block).
+def get_session() -> Iterator[Session]:
+    with Session(engine) as session:
+        yield session
+
+
+@app.get("/with-session/items/{item_id}")
+def with_session_item(item_id: ItemId, session: Session = Depends(get_session)) -> Item:
+    return fetch_item(session, item_id)
