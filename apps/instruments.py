@@ -110,6 +110,9 @@ class PoolWatch:
         self._lock = threading.Lock()
         event.listen(pool, "checkout", self._checkout)
         event.listen(pool, "checkin", self._checkin)
+        # An async dialect's finaliser cannot check a connection in: it detaches it from
+        # the pool (which frees the slot without a check-in event) and terminates it.
+        event.listen(pool, "detach", self._detach)
         # The async finaliser's warning goes through the pool's logger as well (at ERROR);
         # Python's warning filter would show it only once per place, the logger every time.
         logging.getLogger("sqlalchemy.pool").addHandler(_CountWarnings(self))
@@ -124,22 +127,33 @@ class PoolWatch:
         self.add("pool_checkouts")
 
     def _checkin(self, dbapi_connection: Any, record: Any) -> None:
+        self._returned(record, "pool_checkins")
+
+    def _detach(self, dbapi_connection: Any, record: Any) -> None:
+        self._returned(record, "pool_detached")
+
+    def _returned(self, record: Any, kind: str) -> None:
         proxy = record.info.pop("instruments.proxy", None)
         since = record.info.pop("instruments.checked_out_at", None)
-        if proxy is None:  # checked out before the watch began
+        if proxy is None:  # checked out before the watch began, or already counted
             return
         cause = "close" if proxy() is not None else "cyclic_gc" if GC.collecting() else "refcount"
         held_ms = (time.monotonic() - since) * 1000 if since is not None else 0.0
         with self._lock:
             counts = self._counts
-            counts[f"pool_checkins_{cause}"] = counts.get(f"pool_checkins_{cause}", 0) + 1
+            counts[f"{kind}_{cause}"] = counts.get(f"{kind}_{cause}", 0) + 1
             counts[f"pool_held_ms_{cause}"] = counts.get(f"pool_held_ms_{cause}", 0) + held_ms
             key = f"pool_held_ms_max_{cause}"
             counts[key] = max(counts.get(key, 0), held_ms)
 
     def returned_by_gc(self) -> float:
+        """Connections whose proxy was garbage-collected, checked in or detached."""
         with self._lock:
-            return self._counts.get("pool_checkins_refcount", 0) + self._counts.get("pool_checkins_cyclic_gc", 0)
+            return sum(
+                self._counts.get(f"{kind}_{cause}", 0)
+                for kind in ("pool_checkins", "pool_detached")
+                for cause in ("refcount", "cyclic_gc")
+            )
 
     def sizes(self) -> tuple[int, int, int] | None:
         """(checked out, overflow, checked in) for a QueuePool; None for pools without them."""

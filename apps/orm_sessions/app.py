@@ -13,32 +13,22 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Request
-from fastapi.responses import JSONResponse
-from sqlalchemy import create_engine, exc, make_url
+from fastapi import Depends, FastAPI, Path
+from sqlalchemy import create_engine
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
-from sqlmodel import Field, Session, SQLModel
+from sqlmodel import Session
 
 from apps import instruments
-from apps.common import Item, count, dsn, knob, probe_router
-
-
-class BenchItem(SQLModel, table=True):
-    """The seeded table (harness.database creates and fills it) as a SQLModel model."""
-
-    __tablename__ = "bench_items"
-    id: int = Field(primary_key=True)
-    name: str
-    price_cents: int
-
+from apps.common import Item, knob, probe_router
+from apps.orm import BenchItem, answer_pool_timeouts, as_item, engine_url
 
 # Module-level engine and session factory, as the articles and templates write them.
 # pool_size and max_overflow are SQLAlchemy's own defaults (the pair's knobs, so --set
 # can change them); pool_timeout is short so that an exhausted pool answers within a
 # sample instead of after the 30 s default.
 engine = create_engine(
-    make_url(dsn()).set(drivername="postgresql+psycopg"),
+    engine_url("psycopg"),
     pool_size=knob("pool_size"),
     max_overflow=knob("max_overflow"),
     pool_timeout=knob("pool_timeout_ms") / 1000,
@@ -57,23 +47,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 app = FastAPI(title="orm_sessions", lifespan=lifespan)
 app.include_router(probe_router)
+answer_pool_timeouts(app)
 ItemId = Annotated[int, Path(ge=1, le=2**31 - 1)]
-
-
-@app.exception_handler(exc.TimeoutError)
-async def pool_timed_out(request: Request, error: exc.TimeoutError) -> JSONResponse:
-    # "QueuePool limit of size 5 overflow 10 reached, connection timed out, timeout 3.00":
-    # counted exactly, answered 503 instead of a 500 with a traceback per request.
-    count("pool_timeouts")
-    return JSONResponse({"detail": str(error).splitlines()[0]}, status_code=503)
 
 
 def fetch_item(db: OrmSession, item_id: int) -> Item:
     # The session takes its connection here, at its first execute (autobegin).
-    row = db.get(BenchItem, item_id)
-    if row is None:
-        raise HTTPException(status_code=404, detail="no such item")
-    return Item(id=row.id, name=row.name, price_cents=row.price_cents)
+    return as_item(db.get(BenchItem, item_id))
 
 
 # never-closed: the session is created and never closed (articles 002 and 004 close it).

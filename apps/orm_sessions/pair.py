@@ -60,29 +60,45 @@ def returned_by(cause: str, label: str) -> Metric:
     return counter(f"pool_checkins_{cause}", f"connections returned by {label}", per="pool_checkouts", unit="%")
 
 
-def rule(knobs: Mapping[str, int]) -> Rule:
-    timeout_s = knobs["pool_timeout_ms"] / 1000
+def leak_parts(bad: str, closed: tuple[str, ...]) -> tuple[tuple[Part, ...], tuple[Part, ...]]:
+    """The claim's parts for a session variant that is never closed, and the controls for
+    the variants that close theirs (shared with the AsyncSession pair)."""
+    parts = (
+        Part(
+            "a session that is never closed keeps its connection: the pool runs dry and requests fail "
+            "with 'QueuePool limit ... reached'",
+            (Check(Total(FAILURE_RATE, bad, short=f"{bad}: failed"), ">=", POOL_FAILURE_RATE),),
+        ),
+        Part(
+            "the pool does not get those connections back while the server runs",
+            (Check(Total(RETURNED, bad, short="returned to the pool"), "<=", RETURNED_SHARE),),
+        ),
+    )
+    controls = (
+        Part(
+            "the sessions that are closed serve without failures and return every connection",
+            tuple(Check(Total(FAILURE_RATE, name), "<=", CLOSED_FAILURE_RATE) for name in closed)
+            + tuple(Check(Total(RETURNED, name), ">=", CLOSED_RETURNED_SHARE) for name in closed),
+        ),
+    )
+    return parts, controls
+
+
+def timeout_note(knobs: Mapping[str, int]) -> str:
     slots = knobs["pool_size"] + knobs["max_overflow"]
-    closed = ("closed", "with-session")
+    return (
+        "Holds when both parts clear: requests fail, and the connections stay lent. A connection the garbage "
+        f"collector returns counts as returned. A request that finds all {slots} connections lent waits "
+        f"pool_timeout ({knobs['pool_timeout_ms'] / 1000:g} s here) before it fails, so the never-closed variant's "
+        "p50 sits at that timeout; with create_engine's default of 30 s each such request would wait 30 s."
+    )
+
+
+def rule(knobs: Mapping[str, int]) -> Rule:
+    parts, controls = leak_parts("never-closed", ("closed", "with-session"))
     return Rule(
-        parts=(
-            Part(
-                "a Session that is never closed keeps its connection: the pool runs dry and requests fail "
-                "with 'QueuePool limit ... reached'",
-                (Check(Total(FAILURE_RATE, "never-closed", short="never-closed: failed"), ">=", POOL_FAILURE_RATE),),
-            ),
-            Part(
-                "the pool does not get those connections back while the server runs",
-                (Check(Total(RETURNED, "never-closed", short="returned to the pool"), "<=", RETURNED_SHARE),),
-            ),
-        ),
-        controls=(
-            Part(
-                "the sessions that are closed serve without failures and return every connection",
-                tuple(Check(Total(FAILURE_RATE, name), "<=", CLOSED_FAILURE_RATE) for name in closed)
-                + tuple(Check(Total(RETURNED, name), ">=", CLOSED_RETURNED_SHARE) for name in closed),
-            ),
-        ),
+        parts=parts,
+        controls=controls,
         shown=(
             Total(counter("pool_checkins_cyclic_gc", "connections returned by the cyclic collector"), "never-closed"),
             Total(counter("pool_checkins_refcount", "connections returned by reference counting"), "never-closed"),
@@ -96,12 +112,7 @@ def rule(knobs: Mapping[str, int]) -> Rule:
             Level(NEW_BACKENDS, "closed"),
             Ratio(RSS_PEAK, "never-closed", "closed"),
         ),
-        note=(
-            f"Holds when both parts clear: requests fail, and the connections stay lent. A connection the "
-            f"garbage collector returns counts as returned. A request that finds all {slots} connections lent "
-            f"waits pool_timeout ({timeout_s:g} s here) before it fails, so the never-closed variant's p50 sits "
-            f"at that timeout; with create_engine's default of 30 s each such request would wait 30 s."
-        ),
+        note=timeout_note(knobs),
     )
 
 

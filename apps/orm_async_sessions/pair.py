@@ -1,0 +1,67 @@
+"""C7 on SQLAlchemy's asyncio extension: does an AsyncSession that is never closed leak
+its connection? The same parts as the sync `orm_sessions` pair, a third C7 row."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from apps.orm_sessions.pair import leak_parts, timeout_note
+from harness.checks import FAILURE_RATE, NEW_BACKENDS, P50, Level, Rule, Total, counter
+from harness.pairs import Pair, Variant
+
+
+def rule(knobs: Mapping[str, int]) -> Rule:
+    parts, controls = leak_parts("async-never-closed", ("async-with",))
+    return Rule(
+        parts=parts,
+        controls=controls,
+        shown=(
+            Total(counter("pool_gc_cleanup_warnings", "SQLAlchemy's gc clean-up warnings"), "async-never-closed"),
+            Total(counter("pool_detached_cyclic_gc", "connections terminated by the collector"), "async-never-closed"),
+            Total(counter("gc_gen2_collections", "full collections"), "async-never-closed"),
+            Level(NEW_BACKENDS, "async-never-closed"),
+            Level(NEW_BACKENDS, "async-with"),
+            Level(P50, "async-never-closed"),
+            Total(FAILURE_RATE, "async-with"),
+        ),
+        note=timeout_note(knobs).replace("create_engine", "create_async_engine"),
+    )
+
+
+PAIR = Pair(
+    name="orm_async_sessions",
+    claim_id="C7",
+    claim="An AsyncSession that is never closed leaks its connection.",
+    sources=("003",),
+    mechanism=(
+        "An AsyncSession wraps a sync Session and holds its pooled asyncpg connection the same way, in the same "
+        "reference cycle (see `orm_sessions`). When the collector frees the connection's proxy, "
+        "`_finalize_fairy(..., is_gc_cleanup=True)` (sqlalchemy/pool/base.py) runs outside any event loop "
+        "and cannot await a rollback: for an async dialect (`pool._dialect.is_async`) it detaches the "
+        "connection from the pool, which frees its slot without a check-in, terminates it, and warns 'The "
+        "garbage collector is trying to clean up non-checked-in connection ..., which will be terminated'. "
+        "The next checkout must open a new connection: a leak that the collector turns into backend churn. "
+        "Until a collection runs, the connection stays lent, exactly as with a sync Session."
+    ),
+    variants=(
+        Variant(
+            "async-never-closed",
+            "bad",
+            "/async-never-closed/items/{id}",
+            "AsyncSession from an async yield dependency, never closed (`finally: pass`)",
+            ("get_db_never_closed", "async_never_closed_item"),
+        ),
+        Variant(
+            "async-with",
+            "good",
+            "/async-with/items/{id}",
+            "`async with SessionLocal() as db: yield db`",
+            ("get_db", "async_with_item"),
+        ),
+    ),
+    # create_async_engine's default pool (AsyncAdaptedQueuePool, 5 + 10), a short timeout.
+    knobs={"pool_size": 5, "max_overflow": 10, "pool_timeout_ms": 3000},
+    rule=rule,
+    soak=True,
+    order=72,
+)
