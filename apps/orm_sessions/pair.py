@@ -45,12 +45,14 @@ CAUSES = ("close", "refcount", "cyclic_gc")
 
 def returned_share(record: Mapping[str, Any]) -> float | None:
     """Connections the pool got back, by any cause, per connection it lent (the
-    instruments' check-out and check-in events, over the whole server life)."""
+    instruments' check-out, check-in and detach events, over the whole server life). A
+    connection an async finaliser detached and terminated counts: its slot is free again."""
     counters = record.get("counters") or {}
     lent = counters.get("pool_checkouts")
     if not lent:
         return None
-    return sum(float(counters.get(f"pool_checkins_{cause}", 0)) for cause in CAUSES) / float(lent)
+    kinds = ("pool_checkins", "pool_detached")
+    return sum(float(counters.get(f"{kind}_{cause}", 0)) for kind in kinds for cause in CAUSES) / float(lent)
 
 
 RETURNED = Metric("share of lent connections returned to the pool", "%", returned_share, scale=100)
