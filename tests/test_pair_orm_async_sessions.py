@@ -65,3 +65,13 @@ def test_the_collector_terminates_what_it_frees_and_warns_each_time(db: Database
     assert counts.get("pool_gc_cleanup_warnings", 0) == terminated
     slots = knobs["pool_size"] + knobs["max_overflow"]
     assert counts["pool_checkouts"] - terminated <= slots, "no more lent at once than the pool has"
+
+
+def test_one_warning_about_many_connections_is_listed_once(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    message = "SAWarning: The garbage collector is trying to clean up non-checked-in connection <AdaptedConnection "
+    log.write_text(
+        "".join(f"x.py:1: {message}<C object at 0x7efe10ad{n:04x}>>, which will be terminated.\n" for n in range(5))
+    )
+    [listed] = runner.server_warnings(log)
+    assert "at 0x...>>" in listed
