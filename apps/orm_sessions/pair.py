@@ -169,6 +169,10 @@ PAIR = Pair(
     # SQLAlchemy's); pool_timeout is short, so a dry pool fails within a sample, not after 30 s.
     knobs={"pool_size": 5, "max_overflow": 10, "pool_timeout_ms": 3000},
     rule=rule,
+    # The leak is decided on exact counts, not on percentiles: a window of two pool
+    # timeouts is enough, where a variant failing at 1/pool_timeout per user would
+    # otherwise stretch its window to max_measure_s chasing min_requests.
+    load={"max_measure_s": 6},
     # SQLAlchemy's own link for the QueuePool timeout (the message names it, error 3o7r).
     references=("https://sqlalche.me/e/21/3o7r",),
     soak=True,
