@@ -167,6 +167,20 @@ RESOURCE_COLUMNS: Columns = [
 ]
 
 
+# For apps that watch a SQLAlchemy pool (apps.instruments): the pool seen from inside the
+# server, beside what PostgreSQL says of the same connections.
+POOL_COLUMNS: Columns = [
+    ("variant", "---", lambda r: f"`{r['variant']}`"),
+    ("pool checked out mean/peak", "--:", lambda r: f"{_num(r.get('pool_checked_out_mean'), 1)} / "
+                                                     f"{_num(r.get('pool_checked_out_peak'))}"),
+    ("overflow peak", "--:", lambda r: _num(r.get("pool_overflow_peak"))),
+    ("idle in transaction mean/peak", "--:", lambda r: f"{_num(r.get('mean_idle_in_transaction'), 1)} / "
+                                                       f"{_num(r.get('peak_idle_in_transaction'))}"),
+    ("returned by gc in window", "--:", lambda r: _num(r.get("pool_returned_by_gc"))),
+    ("full collections in window", "--:", lambda r: _num(r.get("gc_full_collections"))),
+]  # fmt: skip
+
+
 def _after_stop(r: dict[str, Any]) -> str:
     return f"{_num(r.get('settled_connections'))} (baseline {_num(r.get('baseline_connections'))})"
 
@@ -370,6 +384,8 @@ def _pair_section(
     if setup:
         lines += [f"**Settings.** {', '.join(setup)}.", ""]
     lines += [*_table(records), "", *_table(records, RESOURCE_COLUMNS), ""]
+    if any(r.get("pool_checked_out_peak") is not None for r in records):
+        lines += [*_table(records, POOL_COLUMNS), ""]
     confidence = float(((summary.get("blocks") or {}).get(pair.name) or {}).get("confidence") or stats.CONFIDENCE)
     lines += _comparisons([row for row in summary.get("comparisons", []) if row["pair"] == pair.name], confidence)
     lines += _open_loop(records)

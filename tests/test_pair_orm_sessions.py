@@ -15,11 +15,11 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 
 from apps import instruments
-from harness import analysis, runner, store
+from harness import analysis, report, runner, store
 from harness.database import Database
 from harness.pairs import discover
 from harness.scenario import Scenario
-from tests.conftest import blocks_of, write_variant
+from tests.conftest import blocks_of, write_manifest, write_variant
 from tests.test_pair_stall import get_all_at_once
 
 PAIR = discover()["orm_sessions"]
@@ -192,3 +192,28 @@ def test_pool_and_idle_in_transaction_figures_come_from_the_raw_files(tmp_path: 
     assert record["pool_overflow_peak"] == 10
     assert record["pool_returned_by_gc"] == 19 and record["gc_full_collections"] == 1
     assert record["peak_idle_in_transaction"] == 15
+
+
+def write_pooled(folder: Path, checked_out: int) -> None:
+    """Give a fixture sample the instruments' pool columns, `checked_out` throughout."""
+    header = ["time", "lag_ms", "threads_busy", *instruments.LOOP_FIELDS[3:]]
+    rows = [[1000 + i * 0.5, 1.0, 40, checked_out, checked_out - 5, 0, 0, i, 0, 0] for i in range(20)]
+    with open(folder / "loop_lag.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([header, *rows])
+
+
+def test_the_report_shows_the_pool_table_and_chart_row(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    write_manifest(run_dir, {"orm_sessions": dict(PAIR.knobs)})
+    for block in (1, 2, 3):
+        for name, role, checked_out in (
+            ("never-closed", "bad", 15),
+            ("closed", "good", 6),
+            ("with-session", "good", 6),
+        ):
+            write_pooled(write_variant(run_dir, "orm_sessions", name, role, repeat=block), checked_out)
+    text = report.rebuild(run_dir, write_top_report=False).read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| `never-closed` | 15.0 / 15 |"))
+    assert "| 10 |" in row  # overflow peak: 15 checked out = 5 + 10 overflow
+    chart = run_dir / "charts" / "orm_sessions.png"
+    assert chart.is_file() and chart.read_bytes()[:4] == b"\x89PNG"
