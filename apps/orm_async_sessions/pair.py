@@ -18,6 +18,12 @@ def rule(knobs: Mapping[str, int]) -> Rule:
         shown=(
             Total(counter("pool_gc_cleanup_warnings", "SQLAlchemy's gc clean-up warnings"), "async-never-closed"),
             Total(counter("pool_detached_cyclic_gc", "connections terminated by the collector"), "async-never-closed"),
+            Total(
+                counter(
+                    "pool_held_ms_cyclic_gc", "lent before the collector ended it", "pool_detached_cyclic_gc", "ms"
+                ),
+                "async-never-closed",
+            ),
             Total(counter("gc_gen2_collections", "full collections"), "async-never-closed"),
             Level(NEW_BACKENDS, "async-never-closed"),
             Level(NEW_BACKENDS, "async-with"),

@@ -104,6 +104,13 @@ def rule(knobs: Mapping[str, int]) -> Rule:
         shown=(
             Total(counter("pool_checkins_cyclic_gc", "connections returned by the cyclic collector"), "never-closed"),
             Total(counter("pool_checkins_refcount", "connections returned by reference counting"), "never-closed"),
+            # When they came back: how long the collector's returns had been lent, on average.
+            Total(
+                counter(
+                    "pool_held_ms_cyclic_gc", "lent before the collector returned it", "pool_checkins_cyclic_gc", "ms"
+                ),
+                "never-closed",
+            ),
             Total(counter("gc_gen2_collections", "full collections"), "never-closed"),
             Level(P50, "never-closed"),
             Level(POOL_CHECKED_OUT, "never-closed"),
