@@ -198,7 +198,7 @@ def _table(records: list[dict[str, Any]], columns: Columns = COLUMNS) -> list[st
 
 
 def reference_link(ref: str) -> str:
-    """'fastapi#3205' -> a link to that issue or pull request on GitHub."""
+    """'fastapi#3205' or 'owner/repo#12' -> a link to that issue or pull request on GitHub."""
     repo, _, number = ref.partition("#")
     owner = {
         "fastapi": "fastapi",
@@ -208,6 +208,8 @@ def reference_link(ref: str) -> str:
         "httpx": "encode",
         "httpcore": "encode",
     }.get(repo)
+    if "/" in repo:  # 'owner/repo#123': a thread outside the projects named above
+        owner, _, repo = repo.partition("/")
     return f"[{ref}](https://github.com/{owner}/{repo}/issues/{number})" if owner and number.isdigit() else ref
 
 

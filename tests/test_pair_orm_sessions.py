@@ -217,3 +217,10 @@ def test_the_report_shows_the_pool_table_and_chart_row(tmp_path: Path) -> None:
     assert "| 10 |" in row  # overflow peak: 15 checked out = 5 + 10 overflow
     chart = run_dir / "charts" / "orm_sessions.png"
     assert chart.is_file() and chart.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_references_outside_the_known_projects_link_to_their_thread() -> None:
+    assert report.reference_link("hasadna/open-bus#387") == (
+        "[hasadna/open-bus#387](https://github.com/hasadna/open-bus/issues/387)"
+    )
+    assert report.reference_link("https://sqlalche.me/e/21/3o7r") == "https://sqlalche.me/e/21/3o7r"

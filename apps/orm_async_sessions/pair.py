@@ -72,6 +72,9 @@ PAIR = Pair(
     # timeouts is enough, where a variant failing at 1/pool_timeout per user would
     # otherwise stretch its window to max_measure_s chasing min_requests.
     load={"max_measure_s": 6},
+    # Production threads: asyncpg connections left to the collector until the pool gave 503s,
+    # and an AsyncSession never closed, warned about ~78 times an hour.
+    references=("mozilla-ai/otari#1236", "masumi-network/kodosumi#38"),
     soak=True,
     order=72,
 )

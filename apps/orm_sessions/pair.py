@@ -180,8 +180,15 @@ PAIR = Pair(
     # timeouts is enough, where a variant failing at 1/pool_timeout per user would
     # otherwise stretch its window to max_measure_s chasing min_requests.
     load={"max_measure_s": 6},
-    # SQLAlchemy's own link for the QueuePool timeout (the message names it, error 3o7r).
-    references=("https://sqlalche.me/e/21/3o7r",),
+    # SQLAlchemy's own link for the QueuePool timeout (error 3o7r), and production threads
+    # with the same failure: the template's pool running dry, a pool exhausted by
+    # idle-in-transaction sessions, and a FastAPI app fixed by closing in a yield dependency.
+    references=(
+        "https://sqlalche.me/e/21/3o7r",
+        "fastapi/full-stack-fastapi-template#459",
+        "hasadna/open-bus#387",
+        "farmOS/farmOS-aggregator#89",
+    ),
     soak=True,
     order=69,
 )
