@@ -17,6 +17,7 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -42,6 +43,8 @@ LOOP_FIELDS = (
 # SQLAlchemy's words when its finaliser terminates a connection it cannot return
 # (sqlalchemy/pool/base.py, _finalize_fairy; async dialects only).
 GC_CLEANUP_MESSAGE = "garbage collector is trying to clean up"
+# What can free a connection's proxy other than the code closing it.
+GC_CAUSES = ("refcount", "cyclic_gc")
 
 
 class GCWatch:
@@ -106,8 +109,13 @@ class PoolWatch:
         from sqlalchemy import event  # only apps that watch a pool import SQLAlchemy
 
         self.pool = pool
+        # Events go into a deque and are added up when read. The listeners run inside
+        # finalisers, which the collector can start in any thread at any allocation, also
+        # while that thread holds a lock of ours: a lock here could deadlock, and a plain
+        # `counts[name] += 1` could lose an update. deque.append is atomic and takes no lock.
+        self._events: deque[tuple[str, float]] = deque()
         self._counts: dict[str, float] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # between readers only; no listener takes it
         event.listen(pool, "checkout", self._checkout)
         event.listen(pool, "checkin", self._checkin)
         # An async dialect's finaliser cannot check a connection in: it detaches it from
@@ -118,8 +126,7 @@ class PoolWatch:
         logging.getLogger("sqlalchemy.pool").addHandler(_CountWarnings(self))
 
     def add(self, name: str, amount: float = 1) -> None:
-        with self._lock:
-            self._counts[name] = self._counts.get(name, 0) + amount
+        self._events.append((name, amount))
 
     def _checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
         record.info["instruments.proxy"] = weakref.ref(proxy, _no_op)
@@ -138,21 +145,24 @@ class PoolWatch:
         if proxy is None:  # checked out before the watch began, or already counted
             return
         cause = "close" if proxy() is not None else "cyclic_gc" if GC.collecting() else "refcount"
-        held_ms = (time.monotonic() - since) * 1000 if since is not None else 0.0
+        self.add(f"{kind}_{cause}")
+        # A sum, so that counts from several servers add up (the harness sums counters).
+        if since is not None:
+            self.add(f"pool_held_ms_{cause}", round((time.monotonic() - since) * 1000, 3))
+
+    def counts(self) -> dict[str, float]:
         with self._lock:
-            counts = self._counts
-            counts[f"{kind}_{cause}"] = counts.get(f"{kind}_{cause}", 0) + 1
-            # A sum, so that counts from several servers add up (the harness sums counters).
-            counts[f"pool_held_ms_{cause}"] = counts.get(f"pool_held_ms_{cause}", 0) + round(held_ms, 3)
+            while self._events:
+                name, amount = self._events.popleft()
+                self._counts[name] = self._counts.get(name, 0) + amount
+            return dict(self._counts)
 
     def returned_by_gc(self) -> float:
         """Connections whose proxy was garbage-collected, checked in or detached."""
-        with self._lock:
-            return sum(
-                self._counts.get(f"{kind}_{cause}", 0)
-                for kind in ("pool_checkins", "pool_detached")
-                for cause in ("refcount", "cyclic_gc")
-            )
+        found = self.counts()
+        return sum(
+            found.get(f"{kind}_{cause}", 0) for kind in ("pool_checkins", "pool_detached") for cause in GC_CAUSES
+        )
 
     def sizes(self) -> tuple[int, int, int] | None:
         """(checked out, overflow, checked in) for a QueuePool; None for pools without them."""
@@ -160,10 +170,6 @@ class PoolWatch:
             return int(self.pool.checkedout()), int(self.pool.overflow()), int(self.pool.checkedin())
         except AttributeError:
             return None
-
-    def counts(self) -> dict[str, float]:
-        with self._lock:
-            return dict(self._counts)
 
 
 _POOL: PoolWatch | None = None

@@ -64,7 +64,8 @@ def test_the_collector_terminates_what_it_frees_and_warns_each_time(db: Database
     terminated = counts.get("pool_detached_cyclic_gc", 0) + counts.get("pool_detached_refcount", 0)
     assert counts.get("pool_gc_cleanup_warnings", 0) == terminated
     slots = knobs["pool_size"] + knobs["max_overflow"]
-    assert counts["pool_checkouts"] - terminated <= slots, "no more lent at once than the pool has"
+    returned = sum(n for name, n in counts.items() if name.startswith(("pool_checkins_", "pool_detached_")))
+    assert counts["pool_checkouts"] - returned <= slots, "no more lent at once than the pool has"
 
 
 def test_one_warning_about_many_connections_is_listed_once(tmp_path: Path) -> None:
