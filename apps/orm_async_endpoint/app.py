@@ -22,20 +22,19 @@ from apps.orm import BenchItem, answer_pool_timeouts, as_item, engine_url
 POOL = {"pool_size": knob("pool_size"), "max_overflow": knob("max_overflow")}
 WAIT = text("SELECT pg_sleep(:seconds)")
 SECONDS = {"seconds": knob("query_ms") / 1000}
-# One engine per process, of the kind the variant uses: the other's idle connections
-# would show in the backend counts.
-sync_engine = None if variant() == "async-session" else create_engine(engine_url("psycopg"), **POOL)
-async_engine = create_async_engine(engine_url("asyncpg"), **POOL) if variant() == "async-session" else None
+# Engines connect lazily: the one a variant does not use never opens a connection, so
+# none of its idle connections shows in the backend counts.
+sync_engine = create_engine(engine_url("psycopg"), **POOL)
+async_engine = create_async_engine(engine_url("asyncpg"), **POOL)
+USED_POOL = async_engine.sync_engine.pool if variant() == "async-session" else sync_engine.pool
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    instruments.watch_pool(sync_engine.pool if sync_engine else async_engine.sync_engine.pool)  # type: ignore[union-attr]
+    instruments.watch_pool(USED_POOL)
     yield
-    if sync_engine is not None:
-        sync_engine.dispose()
-    if async_engine is not None:
-        await async_engine.dispose()
+    sync_engine.dispose()
+    await async_engine.dispose()
 
 
 app = FastAPI(title="orm_async_endpoint", lifespan=lifespan)
