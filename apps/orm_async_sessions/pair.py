@@ -76,5 +76,5 @@ PAIR = Pair(
     # and an AsyncSession never closed, warned about ~78 times an hour.
     references=("mozilla-ai/otari#1236", "masumi-network/kodosumi#38"),
     soak=True,
-    order=72,
+    order=69,
 )

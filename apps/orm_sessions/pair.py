@@ -190,5 +190,5 @@ PAIR = Pair(
         "farmOS/farmOS-aggregator#89",
     ),
     soak=True,
-    order=69,
+    order=68,
 )
