@@ -363,6 +363,8 @@ def _physics(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _sources(pair: Pair) -> str:
+    if not pair.sources:  # a production failure no article claims: the threads it reproduces
+        return "production reports, " + ", ".join(reference_link(ref) for ref in pair.references)
     return "; ".join(f'"{ARTICLES[key].title}" (seed {key})' for key in pair.sources)
 
 
@@ -510,7 +512,8 @@ def _ledger(pairs: list[Pair], verdicts: dict[str, Any], manifest: dict[str, Any
         outcome = f"**{verdict['outcome']}**" if verdict else "not measured"
         headline = (verdict or {}).get("headline") or ""
         lines.append(
-            f"| {pair.claim_id}: {pair.claim} ({', '.join(pair.sources)}) | {outcome} | {headline} | "
+            f"| {pair.claim_id}: {pair.claim} ({', '.join(pair.sources) or 'production reports'}) | {outcome} | "
+            f"{headline} | "
             f"[`{pair.name}`](#{pair.name}-{pair.claim_id.lower()}) |"
         )
     lines += ["", *_noise_floor(pairs, verdicts)]
