@@ -16,6 +16,7 @@ def rule(knobs: Mapping[str, int]) -> Rule:
         parts=parts,
         controls=controls,
         shown=(
+            Total(counter("pool_timeouts", "QueuePool timeouts (the failures' cause)"), "async-never-closed"),
             Total(counter("pool_gc_cleanup_warnings", "SQLAlchemy's gc clean-up warnings"), "async-never-closed"),
             Total(counter("pool_detached_cyclic_gc", "connections terminated by the collector"), "async-never-closed"),
             Total(

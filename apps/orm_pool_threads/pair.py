@@ -68,8 +68,7 @@ def rule(knobs: Mapping[str, int]) -> Rule:
         ),
         note=(
             f"Holds when requests both wait and fail; partly holds when they wait within pool_timeout "
-            f"({knobs['pool_timeout_ms'] / 1000:g} s here) and none fails. The fixes are shown, not judged: "
-            "lowering anyio's limiter moves the wait from a thread onto the loop, where it costs no connection."
+            f"({knobs['pool_timeout_ms'] / 1000:g} s here) and none fails. The fixes are shown, not judged."
         ),
     )
 
@@ -89,8 +88,14 @@ PAIR = Pair(
         "the 16th thread blocks in QueuePool's queue up to pool_timeout and then raises TimeoutError "
         "('QueuePool limit of size 5 overflow 10 reached, connection timed out', error 3o7r). SQLAlchemy's "
         "errors page gives the two cures measured here: more connections (a pool of one per thread), or fewer "
-        "threads competing for them (anyio's limiter set to the pool's size). An AsyncSession waits for the "
-        "same pool on the event loop, holding no thread."
+        "threads competing for them (anyio's limiter set to the pool's size). The second has a catch: a request "
+        "needs a worker-thread token twice while it holds its connection, once for the endpoint and once more "
+        "for the response model, which FastAPI validates for a `def` endpoint with `run_in_threadpool` "
+        "(fastapi/routing.py, serialize_response), before the dependency's teardown closes the session (that "
+        "teardown runs under its own CapacityLimiter(1), fastapi/concurrency.py). With no more tokens than "
+        "connections, every token can be held by an endpoint waiting for a connection while every connection "
+        "is held by a request waiting for a token, until pool_timeout breaks the tie: the stall of C6 "
+        "(fastapi#3205). An AsyncSession waits for the same pool on the event loop, holding no thread."
     ),
     variants=(
         Variant(
@@ -125,6 +130,7 @@ PAIR = Pair(
     knobs={"pool_size": 5, "max_overflow": 10, "pool_timeout_ms": 3000, "sized_pool_size": ANYIO_TOKENS},
     rule=rule,
     references=(
+        "fastapi#3205",
         "https://sqlalche.me/e/21/3o7r",
         "fastapi/full-stack-fastapi-template#459",
         "Future-Energy-Associates/granular_certificate_registry#104",

@@ -102,6 +102,7 @@ def rule(knobs: Mapping[str, int]) -> Rule:
         parts=parts,
         controls=controls,
         shown=(
+            Total(counter("pool_timeouts", "QueuePool timeouts (the failures' cause)"), "never-closed"),
             Total(counter("pool_checkins_cyclic_gc", "connections returned by the cyclic collector"), "never-closed"),
             Total(counter("pool_checkins_refcount", "connections returned by reference counting"), "never-closed"),
             # When they came back: how long the collector's returns had been lent, on average.
