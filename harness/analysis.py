@@ -61,6 +61,11 @@ RECORD_FIELDS = [
     *LOOP_FIELDS,
     "peak_connections",
     "mean_connections",
+    # Backends by state (pg_stat_activity), peak and mean over the window.
+    "peak_active",
+    "mean_active",
+    "peak_idle",
+    "mean_idle",
     "peak_idle_in_transaction",
     "mean_idle_in_transaction",
     "new_backends_per_s",
@@ -264,9 +269,9 @@ def _connections(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
     return {
         "peak_connections": int(counted["total"].max()) if len(counted) else None,
         "mean_connections": float(counted["total"].mean()) if len(counted) else None,
-        # Backends holding a transaction open without running anything: a session not ended.
-        "peak_idle_in_transaction": int(counted["idle_in_transaction"].max()) if len(counted) else None,
-        "mean_idle_in_transaction": float(counted["idle_in_transaction"].mean()) if len(counted) else None,
+        # By state; idle in transaction: a backend holding a transaction open without running
+        # anything, as a session that was never ended does.
+        **_by_state(counted),
         "new_backends_per_s": (
             float((sessions.iloc[-1] - sessions.iloc[0]) / (started.iloc[-1] - started.iloc[0]))
             if started is not None and len(sessions) >= 2 and started.iloc[-1] > started.iloc[0]
@@ -286,6 +291,18 @@ def _connections(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
             + _column(samples, "generator_cpu_pct").fillna(0)
         ),
     }
+
+
+STATES = ("active", "idle", "idle_in_transaction")
+
+
+def _by_state(counted: pd.DataFrame) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for state in STATES:
+        values = _column(counted, state).dropna()
+        found[f"peak_{state}"] = int(values.max()) if len(values) else None
+        found[f"mean_{state}"] = float(values.mean()) if len(values) else None
+    return found
 
 
 def _mean(values: pd.Series) -> float | None:
@@ -449,7 +466,7 @@ _SUMS = ("requests", "failures", "ping_samples", "ping_failures", "terminated_ba
          "gc_full_collections")  # fmt: skip
 _MAXIMA = ("max_ms", "ping_max_ms", "loop_lag_max_ms", "threads_busy_peak", "peak_connections", "server_fds_peak",
            "server_rss_mb_peak", "settled_connections", "pool_checked_out_peak", "pool_overflow_peak",
-           "peak_idle_in_transaction")  # fmt: skip
+           "peak_active", "peak_idle", "peak_idle_in_transaction")  # fmt: skip
 
 
 def combine(records: list[dict[str, Any]]) -> dict[str, Any]:

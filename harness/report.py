@@ -174,11 +174,23 @@ POOL_COLUMNS: Columns = [
     ("pool checked out mean/peak", "--:", lambda r: f"{_num(r.get('pool_checked_out_mean'), 1)} / "
                                                      f"{_num(r.get('pool_checked_out_peak'))}"),
     ("overflow peak", "--:", lambda r: _num(r.get("pool_overflow_peak"))),
-    ("idle in transaction mean/peak", "--:", lambda r: f"{_num(r.get('mean_idle_in_transaction'), 1)} / "
-                                                       f"{_num(r.get('peak_idle_in_transaction'))}"),
     ("returned by gc in window", "--:", lambda r: _num(r.get("pool_returned_by_gc"))),
     ("full collections in window", "--:", lambda r: _num(r.get("gc_full_collections"))),
 ]  # fmt: skip
+
+
+def _state(name: str) -> Callable[[dict[str, Any]], str]:
+    return lambda r: f"{_num(r.get(f'mean_{name}'), 1)} / {_num(r.get(f'peak_{name}'))}"
+
+
+# Backends by state over the measured window (pg_stat_activity): where the connections are.
+STATE_COLUMNS: Columns = [
+    ("variant", "---", lambda r: f"`{r['variant']}`"),
+    ("active", "--:", _state("active")),
+    ("idle", "--:", _state("idle")),
+    ("idle in transaction", "--:", _state("idle_in_transaction")),
+    ("all", "--:", lambda r: f"{_num(r.get('mean_connections'), 1)} / {_num(r.get('peak_connections'))}"),
+]
 
 
 def _after_stop(r: dict[str, Any]) -> str:
@@ -388,6 +400,9 @@ def _pair_section(
     if setup:
         lines += [f"**Settings.** {', '.join(setup)}.", ""]
     lines += [*_table(records), "", *_table(records, RESOURCE_COLUMNS), ""]
+    interval = float(manifest["scenario"].get("sample_interval_s") or 0.5)
+    lines += [f"**Backends by state** (pg_stat_activity every {interval:g} s, mean / peak):", ""]
+    lines += [*_table(records, STATE_COLUMNS), ""]
     if any(r.get("pool_checked_out_peak") is not None for r in records):
         lines += [*_table(records, POOL_COLUMNS), ""]
     confidence = float(((summary.get("blocks") or {}).get(pair.name) or {}).get("confidence") or stats.CONFIDENCE)

@@ -215,6 +215,9 @@ def test_the_report_shows_the_pool_table_and_chart_row(tmp_path: Path) -> None:
     text = report.rebuild(run_dir, write_top_report=False).read_text()
     row = next(line for line in text.splitlines() if line.startswith("| `never-closed` | 15.0 / 15 |"))
     assert "| 10 |" in row  # overflow peak: 15 checked out = 5 + 10 overflow
+    # Every pair's section has the backends by state: the fixture's five are all active.
+    assert "**Backends by state** (pg_stat_activity every 0.5 s, mean / peak):" in text
+    assert "| `never-closed` | 5.0 / 5 | 0.0 / 0 | 0.0 / 0 | 5.0 / 5 |" in text
     chart = run_dir / "charts" / "orm_sessions.png"
     assert chart.is_file() and chart.read_bytes()[:4] == b"\x89PNG"
 
