@@ -17,7 +17,7 @@ from sqlalchemy.pool import QueuePool
 from apps import instruments
 from harness import analysis, report, runner, store
 from harness.database import Database
-from harness.pairs import discover
+from harness.pairs import claims_index, discover
 from harness.scenario import Scenario
 from tests.conftest import blocks_of, write_manifest, write_variant
 from tests.test_pair_stall import get_all_at_once
@@ -227,3 +227,16 @@ def test_references_outside_the_known_projects_link_to_their_thread() -> None:
         "[hasadna/open-bus#387](https://github.com/hasadna/open-bus/issues/387)"
     )
     assert report.reference_link("https://sqlalche.me/e/21/3o7r") == "https://sqlalche.me/e/21/3o7r"
+
+
+def test_c7_is_decided_on_sqlalchemy_with_the_raw_driver_row_beside_it(tmp_path: Path) -> None:
+    assert claims_index(discover())["C7"] == ["orm_sessions", "orm_async_sessions", "sessions"]
+    run_dir = tmp_path / "run"
+    raw = discover()["sessions"]
+    write_manifest(run_dir, {"orm_sessions": dict(PAIR.knobs), "sessions": dict(raw.knobs)})
+    for pair in (PAIR, raw):
+        for variant in pair.variants:
+            write_variant(run_dir, pair.name, variant.name, variant.role)
+    text = report.rebuild(run_dir, write_top_report=False).read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| C7: ")]
+    assert [row.rsplit("[`", 1)[1].split("`")[0] for row in rows] == ["orm_sessions", "sessions"]
