@@ -131,6 +131,8 @@ PAIR = Pair(
     rule=rule,
     references=(
         "fastapi#3205",
+        "fastapi#3089",
+        "fastapi/full-stack-fastapi-template#104",
         "https://sqlalche.me/e/21/3o7r",
         "fastapi/full-stack-fastapi-template#459",
         "Future-Energy-Associates/granular_certificate_registry#104",
