@@ -7,8 +7,6 @@ environment, so the DSN (and its password) never shows in a process listing.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import json
 import os
@@ -18,10 +16,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-import anyio.to_thread
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from apps import instruments
 
 
 def dsn() -> str:
@@ -120,49 +119,9 @@ async def fetch_item_asyncpg(conn: Any, item_id: int) -> Item:
     return item_or_404(await conn.fetchrow(ITEM_SQL_ASYNCPG, item_id))
 
 
-# How often the loop monitor asks to be woken; its lateness is the loop's lag.
-LAG_PERIOD_S = 0.01
-
-
-async def _record_loop_lag(path: str) -> None:
-    # anyio's limiter runs `def` endpoints and sync dependencies: 40 tokens by default.
-    limiter = anyio.to_thread.current_default_thread_limiter()
-    buffered: list[str] = []
-    with open(path, "w") as out:
-        out.write("time,lag_ms,threads_busy\n")
-        last_flush = time.monotonic()
-        try:
-            while True:
-                # time.monotonic(), not loop.time(): uvloop caches loop time per iteration,
-                # which would hide a callback that blocked earlier in the same iteration.
-                due = time.monotonic() + LAG_PERIOD_S
-                await asyncio.sleep(LAG_PERIOD_S)
-                woke = time.monotonic()
-                buffered.append(f"{time.time():.3f},{(woke - due) * 1000:.2f},{limiter.borrowed_tokens}\n")
-                if woke - last_flush >= 0.5:  # batch the writes: this task runs on the loop it measures
-                    out.writelines(buffered)
-                    out.flush()
-                    buffered.clear()
-                    last_flush = woke
-        finally:
-            out.writelines(buffered)
-
-
-@asynccontextmanager
-async def watch_loop_lag(app: Any) -> AsyncIterator[None]:
-    """While the runner asks for it (BENCH_LOOP_LAG_FILE), record event-loop lag and
-    how many of anyio's worker-thread tokens are borrowed."""
-    path = os.environ.get("BENCH_LOOP_LAG_FILE")
-    if not path:
-        yield
-        return
-    task = asyncio.create_task(_record_loop_lag(path))
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+# The loop-lag, token and pool instruments live in apps.instruments, which imports
+# nothing from the suite; the probe router runs them in every variant's lifespan.
+watch_loop_lag = instruments.watch_loop
 
 
 class MarkResponseSent:
@@ -200,4 +159,5 @@ async def ping() -> dict[str, bool]:
 
 @probe_router.get("/counters")
 async def counters() -> dict[str, Any]:
-    return COUNTERS
+    # The instruments' counts (pool check-ins by cause, full collections) when a pool is watched.
+    return COUNTERS | instruments.counts()

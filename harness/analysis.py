@@ -37,8 +37,20 @@ from harness.records import (
 from harness.scenario import P99_TARGET_MS
 from harness.store import read_json
 
-# Measured inside the variant's server by apps.common's loop monitor.
-LOOP_FIELDS = ("loop_lag_p50_ms", "loop_lag_p99_ms", "loop_lag_max_ms", "threads_busy_mean", "threads_busy_peak")
+# Measured inside the variant's server by apps.instruments' loop monitor; the pool and
+# gc figures only for apps that watch a SQLAlchemy pool.
+LOOP_FIELDS = (
+    "loop_lag_p50_ms",
+    "loop_lag_p99_ms",
+    "loop_lag_max_ms",
+    "threads_busy_mean",
+    "threads_busy_peak",
+    "pool_checked_out_mean",
+    "pool_checked_out_peak",
+    "pool_overflow_peak",
+    "pool_returned_by_gc",  # connections the pool got back from a collected session, in the window
+    "gc_full_collections",  # generation-2 collections in the window
+)
 # Fields every record carries, in the order summary.json lists them; None when the
 # variant produced no measurement. harness.records.Record names each with its type.
 RECORD_FIELDS = list(Record.__annotations__)
@@ -180,14 +192,27 @@ def _loop_lag(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
     if samples.empty:  # an app without the monitor, or one that never got to run it
         return dict.fromkeys(LOOP_FIELDS)
     lag = samples["lag_ms"]
-    threads = samples["threads_busy"] if "threads_busy" in samples else pd.Series([float("nan")])
+    threads = _column(samples, "threads_busy")
+    checked_out, overflow = _column(samples, "pool_checked_out"), _column(samples, "pool_overflow")
     return {
         "loop_lag_p50_ms": float(lag.quantile(0.50)),
         "loop_lag_p99_ms": float(lag.quantile(0.99)),
         "loop_lag_max_ms": float(lag.max()),
-        "threads_busy_mean": None if threads.isna().all() else float(threads.mean()),
-        "threads_busy_peak": None if threads.isna().all() else int(threads.max()),
+        "threads_busy_mean": _mean(threads),
+        "threads_busy_peak": int(threads.max()) if threads.notna().any() else None,
+        "pool_checked_out_mean": _mean(checked_out),
+        "pool_checked_out_peak": int(checked_out.max()) if checked_out.notna().any() else None,
+        # QueuePool counts overflow from -pool_size (no connection opened yet) up to max_overflow.
+        "pool_overflow_peak": int(overflow.max()) if overflow.notna().any() else None,
+        "pool_returned_by_gc": _growth(_column(samples, "pool_returned_by_gc")),
+        "gc_full_collections": _growth(_column(samples, "gc_gen2")),
     }
+
+
+def _growth(totals: pd.Series) -> int | None:
+    """How much a running total grew over the window."""
+    known = totals.dropna()
+    return int(known.iloc[-1] - known.iloc[0]) if len(known) else None
 
 
 def slope_per_min(times: pd.Series, values: pd.Series) -> float | None:
@@ -208,6 +233,9 @@ def _connections(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
     return {
         "peak_connections": int(counted["total"].max()) if len(counted) else None,
         "mean_connections": float(counted["total"].mean()) if len(counted) else None,
+        # By state; idle in transaction: a backend holding a transaction open without running
+        # anything, as a session that was never ended does.
+        **_by_state(counted),
         "new_backends_per_s": (
             float((sessions.iloc[-1] - sessions.iloc[0]) / (started.iloc[-1] - started.iloc[0]))
             if started is not None and len(sessions) >= 2 and started.iloc[-1] > started.iloc[0]
@@ -227,6 +255,18 @@ def _connections(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
             + _column(samples, "generator_cpu_pct").fillna(0)
         ),
     }
+
+
+STATES = ("active", "idle", "idle_in_transaction")
+
+
+def _by_state(counted: pd.DataFrame) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for state in STATES:
+        values = _column(counted, state).dropna()
+        found[f"peak_{state}"] = int(values.max()) if len(values) else None
+        found[f"mean_{state}"] = float(values.mean()) if len(values) else None
+    return found
 
 
 def _mean(values: pd.Series) -> float | None:
@@ -390,9 +430,11 @@ def _merge_failures(records: list[SampleRecord]) -> list[list[Any]]:
 
 
 # How each field of the variant record comes from its samples.
-_SUMS = ("requests", "failures", "ping_samples", "ping_failures", "terminated_backends")
+_SUMS = ("requests", "failures", "ping_samples", "ping_failures", "terminated_backends", "pool_returned_by_gc",
+         "gc_full_collections")  # fmt: skip
 _MAXIMA = ("max_ms", "ping_max_ms", "loop_lag_max_ms", "threads_busy_peak", "peak_connections", "server_fds_peak",
-           "server_rss_mb_peak", "settled_connections")  # fmt: skip
+           "server_rss_mb_peak", "settled_connections", "pool_checked_out_peak", "pool_overflow_peak",
+           "peak_active", "peak_idle", "peak_idle_in_transaction")  # fmt: skip
 
 
 def combine(records: list[SampleRecord]) -> VariantRecord:

@@ -84,11 +84,13 @@ def _warmup_end(run_dir: Path, records: list[VariantRecord]) -> float | None:
 
 
 def chart_pair(run_dir: Path, pair: Pair, records: list[VariantRecord], out: Path) -> None:
-    fig, axes = plt.subplots(3, 2, figsize=(12, 12.5))
+    ok = [r for r in records if r["status"] == "ok"]
+    # A fourth row for apps that watch a SQLAlchemy pool: its counts beside the backends' states.
+    pooled = any(r.get("pool_checked_out_peak") is not None for r in ok)
+    fig, axes = plt.subplots(4 if pooled else 3, 2, figsize=(12, 16.5 if pooled else 12.5))
     names = [r["variant"] for r in records]
     by_variant = variant_colors(records)
     colors = [by_variant[name] for name in names]
-    ok = [r for r in records if r["status"] == "ok"]
 
     ax = axes[0][0]
     good_rps = [(r["rps"] or 0) * (1 - (r["failure_rate"] or 0)) for r in records]
@@ -113,12 +115,18 @@ def chart_pair(run_dir: Path, pair: Pair, records: list[VariantRecord], out: Pat
     ax.legend(fontsize=8)
 
     warmup_end = _warmup_end(run_dir, ok)
-    for ax, file, column, value, title in (
+    lines = [
         (axes[1][0], "connections.csv", "time", "total", "PostgreSQL backends (pg_stat_activity)"),
         (axes[1][1], "probe.csv", "intended", "latency_ms", "/ping latency during load (ms, log scale)"),
         (axes[2][0], "loop_lag.csv", "time", "lag_ms", "event-loop lag inside the server (ms, log scale)"),
         (axes[2][1], "connections.csv", "time", "server_rss_mb", "server resident memory (MB)"),
-    ):
+    ]
+    if pooled:
+        lines += [
+            (axes[3][0], "loop_lag.csv", "time", "pool_checked_out", "SQLAlchemy pool: connections checked out"),
+            (axes[3][1], "connections.csv", "time", "idle_in_transaction", "backends idle in transaction"),
+        ]
+    for ax, file, column, value, title in lines:
         if warmup_end:
             ax.axvspan(0, warmup_end, color="#ececec", label="warm-up (not counted)")
         for r in ok:
@@ -133,7 +141,7 @@ def chart_pair(run_dir: Path, pair: Pair, records: list[VariantRecord], out: Pat
         ax.legend(fontsize=8)
     # Counts and memory from zero, so a flat line is not zoomed into noise, with room
     # above the highest line so it does not hide in the frame.
-    for ax in (axes[0][0], axes[1][0], axes[2][1]):
+    for ax in (axes[0][0], axes[1][0], axes[2][1], *(axes[3] if pooled else ())):
         ax.set_ylim(0, ax.get_ylim()[1] * 1.08 or 1)
     axes[1][1].set_yscale("log")
     axes[2][0].set_yscale("symlog", linthresh=1.0)  # lag is often 0.0x ms: linear below 1 ms

@@ -83,6 +83,11 @@ PEAK_BACKENDS = Metric("peak backends", "", _field("peak_connections"))
 NEW_BACKENDS = Metric("new backends per second", "", _field("new_backends_per_s"))
 CPU_PER_REQUEST = Metric("server CPU per request", "ms", cpu_ms_per_request)
 THREADS_PEAK = Metric("worker threads busy at peak", "", _field("threads_busy_peak"))
+IDLE_IN_TRANSACTION_PEAK = Metric("peak backends idle in transaction", "", _field("peak_idle_in_transaction"))
+IDLE_IN_TRANSACTION_MEAN = Metric("mean backends idle in transaction", "", _field("mean_idle_in_transaction"))
+# Sampled inside the server (apps.instruments) for apps that watch a SQLAlchemy pool.
+POOL_CHECKED_OUT = Metric("mean pool connections checked out", "", _field("pool_checked_out_mean"))
+RSS_PEAK = Metric("server RSS peak", "MB", _field("server_rss_mb_peak"))
 
 
 def counter(name: str, label: str, per: str | None = None, unit: str = "") -> Metric:

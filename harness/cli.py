@@ -1,4 +1,4 @@
-"""`python bench.py run | report | list`.
+"""`python bench.py run | report | compare | connections | list`.
 
 Problems the user can fix end in one line on stderr and exit status 2; Ctrl-C ends
 in exit status 130 with completed variants kept in the run folder.
@@ -13,7 +13,7 @@ import random
 import sys
 from pathlib import Path
 
-from harness import compare, report, runner, scenario, store
+from harness import compare, connections, report, runner, scenario, store
 from harness import pairs as pairs_mod
 from harness.database import redact
 from harness.pairs import BenchError
@@ -177,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("list", help="show pairs, variants, roles, knobs and the claim each tests")
 
+    conn = commands.add_parser(
+        "connections", help="backends by state per variant of a run, or of two runs side by side"
+    )
+    conn.add_argument("run_dir", nargs="?", type=Path, help="a results/<run-id> folder (default: the newest)")
+    conn.add_argument("run_b", nargs="?", type=Path, help="a second run, shown beside the first")
+    conn.add_argument("--pair", type=_pairs, metavar="P[,P...]", help="only these pairs")
+
     cmp = commands.add_parser("compare", help="compare two stored runs, variant by variant")
     cmp.add_argument("run_a", type=Path, help="the baseline run folder")
     cmp.add_argument("run_b", type=Path, help="the run compared with it")
@@ -199,6 +206,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 1 if worse else 0
+
+
+def cmd_connections(args: argparse.Namespace) -> int:
+    first = connections.records(args.run_dir or store.latest_run(), args.pair)
+    second = connections.records(args.run_b, args.pair) if args.run_b else None
+    print(connections.render(first, second))
+    return 0
 
 
 def cmd_list() -> int:
@@ -317,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "connections":
+            return cmd_connections(args)
         return cmd_run(args, argv)
     except BenchError as err:
         print(f"bench.py: error: {redact(str(err))}", file=sys.stderr)

@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 APPS_DIR = ROOT / "apps"
 
 # The claims the articles make (../shared/CLAIMS.md numbers them); each needs a pair.
+# Production failures no article claims are numbered after them (C16 on), with
+# `sources=()` and the issue threads they reproduce as `references`.
 CLAIM_IDS = tuple(f"C{n}" for n in range(1, 16))
 
 Role = Literal["bad", "good", "reference"]
@@ -86,7 +88,7 @@ class Pair:
     name: str
     claim_id: str
     claim: str
-    sources: tuple[str, ...]  # keys into ARTICLES
+    sources: tuple[str, ...]  # keys into ARTICLES; () for a production failure (see CLAIM_IDS)
     mechanism: str  # prose: why the numbers come out as they do
     variants: tuple[Variant, ...]
     # The verdict rule as checks (harness.checks), built from the knobs in force.

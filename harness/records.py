@@ -84,8 +84,21 @@ class Record(TypedDict):
     loop_lag_max_ms: float | None
     threads_busy_mean: float | None
     threads_busy_peak: int | None
+    # A watched SQLAlchemy pool (apps.instruments), None elsewhere.
+    pool_checked_out_mean: float | None
+    pool_checked_out_peak: int | None
+    pool_overflow_peak: int | None
+    pool_returned_by_gc: int | None  # connections the pool got back from a collected session, in the window
+    gc_full_collections: int | None  # generation-2 collections in the window
     peak_connections: int | None
     mean_connections: float | None
+    # Backends by state (pg_stat_activity), peak and mean over the window.
+    peak_active: int | None
+    mean_active: float | None
+    peak_idle: int | None
+    mean_idle: float | None
+    peak_idle_in_transaction: int | None
+    mean_idle_in_transaction: float | None
     new_backends_per_s: float | None
     baseline_connections: int | None
     settled_connections: int | None

@@ -179,6 +179,32 @@ RESOURCE_COLUMNS: Columns = [
 ]
 
 
+# For apps that watch a SQLAlchemy pool (apps.instruments): the pool seen from inside the
+# server, beside what PostgreSQL says of the same connections.
+POOL_COLUMNS: Columns = [
+    ("variant", "---", lambda r: f"`{r['variant']}`"),
+    ("pool checked out mean/peak", "--:", lambda r: f"{_num(r.get('pool_checked_out_mean'), 1)} / "
+                                                     f"{_num(r.get('pool_checked_out_peak'))}"),
+    ("overflow peak", "--:", lambda r: _num(r.get("pool_overflow_peak"))),
+    ("returned by gc in window", "--:", lambda r: _num(r.get("pool_returned_by_gc"))),
+    ("full collections in window", "--:", lambda r: _num(r.get("gc_full_collections"))),
+]  # fmt: skip
+
+
+def _state(name: str) -> Callable[[VariantRecord], str]:
+    return lambda r: f"{_num(r.get(f'mean_{name}'), 1)} / {_num(r.get(f'peak_{name}'))}"
+
+
+# Backends by state over the measured window (pg_stat_activity): where the connections are.
+STATE_COLUMNS: Columns = [
+    ("variant", "---", lambda r: f"`{r['variant']}`"),
+    ("active", "--:", _state("active")),
+    ("idle", "--:", _state("idle")),
+    ("idle in transaction", "--:", _state("idle_in_transaction")),
+    ("all", "--:", lambda r: f"{_num(r.get('mean_connections'), 1)} / {_num(r.get('peak_connections'))}"),
+]
+
+
 def _after_stop(r: VariantRecord) -> str:
     return f"{_num(r.get('settled_connections'))} (baseline {_num(r.get('baseline_connections'))})"
 
@@ -196,7 +222,7 @@ def _table(records: list[VariantRecord], columns: Columns = COLUMNS) -> list[str
 
 
 def reference_link(ref: str) -> str:
-    """'fastapi#3205' -> a link to that issue or pull request on GitHub."""
+    """'fastapi#3205' or 'owner/repo#12' -> a link to that issue or pull request on GitHub."""
     repo, _, number = ref.partition("#")
     owner = {
         "fastapi": "fastapi",
@@ -206,6 +232,8 @@ def reference_link(ref: str) -> str:
         "httpx": "encode",
         "httpcore": "encode",
     }.get(repo)
+    if "/" in repo:  # 'owner/repo#123': a thread outside the projects named above
+        owner, _, repo = repo.partition("/")
     return f"[{ref}](https://github.com/{owner}/{repo}/issues/{number})" if owner and number.isdigit() else ref
 
 
@@ -363,6 +391,8 @@ def _physics(rows: list[PhysicsRow]) -> list[str]:
 
 
 def _sources(pair: Pair) -> str:
+    if not pair.sources:  # a production failure no article claims: the threads it reproduces
+        return "production reports, " + ", ".join(reference_link(ref) for ref in pair.references)
     return "; ".join(f'"{ARTICLES[key].title}" (seed {key})' for key in pair.sources)
 
 
@@ -386,6 +416,11 @@ def _pair_section(
     if setup:
         lines += [f"**Settings.** {', '.join(setup)}.", ""]
     lines += [*_table(records), "", *_table(records, RESOURCE_COLUMNS), ""]
+    interval = float(manifest["scenario"].get("sample_interval_s") or 0.5)
+    lines += [f"**Backends by state** (pg_stat_activity every {interval:g} s, mean / peak):", ""]
+    lines += [*_table(records, STATE_COLUMNS), ""]
+    if any(r.get("pool_checked_out_peak") is not None for r in records):
+        lines += [*_table(records, POOL_COLUMNS), ""]
     confidence = float(((summary.get("blocks") or {}).get(pair.name) or {}).get("confidence") or stats.CONFIDENCE)
     lines += _comparisons([row for row in summary.get("comparisons", []) if row["pair"] == pair.name], confidence)
     lines += _open_loop(records)
@@ -508,7 +543,8 @@ def _ledger(pairs: list[Pair], verdicts: dict[str, VerdictEntry], manifest: dict
         outcome = f"**{verdict['outcome']}**" if verdict else "not measured"
         headline = (verdict or {}).get("headline") or ""
         lines.append(
-            f"| {pair.claim_id}: {pair.claim} ({', '.join(pair.sources)}) | {outcome} | {headline} | "
+            f"| {pair.claim_id}: {pair.claim} ({', '.join(pair.sources) or 'production reports'}) | {outcome} | "
+            f"{headline} | "
             f"[`{pair.name}`](#{pair.name}-{pair.claim_id.lower()}) |"
         )
     lines += ["", *_noise_floor(pairs, verdicts)]

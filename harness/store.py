@@ -40,6 +40,9 @@ PACKAGES = [
     "locust",
     "asyncpg",
     "psycopg2-binary",
+    "SQLAlchemy",
+    "sqlmodel",
+    "psycopg",
     "uvloop",
     "httptools",
 ]
