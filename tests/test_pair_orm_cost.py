@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from apps.orm_cost.pair import ORM_COST
 from harness.pairs import discover
 from tests.conftest import blocks_of, cpu_jitter
 
@@ -49,5 +50,5 @@ def test_does_not_hold_when_neither_costs_measurably() -> None:
 
 
 def test_inconclusive_while_noise_straddles_the_threshold() -> None:
-    verdict = decide(orm_async=1.15, orm_sync=1.8, jitter=(0.7, 1.0, 1.4, 1.0))
+    verdict = decide(orm_async=ORM_COST, orm_sync=1.8, jitter=(0.7, 1.0, 1.4, 1.0))
     assert verdict.outcome == "inconclusive"

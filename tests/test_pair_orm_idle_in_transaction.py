@@ -4,6 +4,7 @@ records, and on a real server the backends' state while the upstream answers."""
 from __future__ import annotations
 
 import contextlib
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -67,17 +68,19 @@ def test_the_ceilings_are_connections_and_threads_per_upstream_wait() -> None:
 
 
 def idle_in_transaction_during_a_burst(db: Database, port: int, path: str, n: int, wait_s: float) -> int:
-    """The most backends idle in transaction seen while `n` requests wait on the upstream."""
+    """The backends idle in transaction while `n` requests wait on the upstream: the median
+    of counts taken through the wait, so the instant between a read and its commit, which
+    a busy machine can stretch, does not count as holding the transaction."""
     burst = threading.Thread(target=get_all_at_once, args=(port, path, n))
     burst.start()
-    seen = 0
+    counts = []
     with contextlib.closing(db.connect()) as conn, conn.cursor() as cur:
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            seen = max(seen, database.backends_by_state(cur).get("idle in transaction", 0))
+            counts.append(database.backends_by_state(cur).get("idle in transaction", 0))
             time.sleep(0.05)
     burst.join()
-    return seen
+    return int(statistics.median(counts))
 
 
 @pytest.mark.slow

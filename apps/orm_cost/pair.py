@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from harness.checks import CPU_PER_REQUEST, THROUGHPUT, Check, Part, Ratio, Rule
 from harness.pairs import Pair, Variant
 
-# "Costs": at least 15% more server CPU time per request, beyond the +-10% band inside
-# which identical variants land (the A/A control), so noise cannot pass for a cost.
-ORM_COST = 1.15
+# "Costs": at least 25% more server CPU time per request, beyond the interval inside
+# which identical variants land (the A/A control: up to 1.16x on a noisy host), so noise
+# cannot pass for a cost.
+ORM_COST = 1.25
 
 
 def rule(knobs: Mapping[str, int]) -> Rule:
