@@ -662,7 +662,8 @@ def measure_sample(plan: RunPlan, db: Database, sample: Sample, progress: Progre
     if record["status"] == "ok":
         flags = f"  FLAGGED: {'; '.join(record['flags'])}" if record["flags"] else ""
         progress.say(
-            f"{record['rps']:.0f} req/s, p99 {record['p99_ms']:.0f} ms, {record['failures']} failures, "
+            # A window in which no request finished has no percentiles (e.g. every one waited out a timeout).
+            f"{record['rps']:.0f} req/s, p99 {record['p99_ms'] or float('nan'):.0f} ms, {record['failures']} failures, "
             f"/ping p99 {record['ping_p99_ms'] or float('nan'):.0f} ms, peak {record['peak_connections']} backends"
             + flags
         )
