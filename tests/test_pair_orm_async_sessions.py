@@ -20,7 +20,14 @@ PAIR = discover()["orm_async_sessions"]
 
 def rec(failure_rate: float, lent: int, **returned: int) -> dict[str, Any]:
     counters = {"pool_checkouts": lent} | {f"pool_{kind}": n for kind, n in returned.items()}
-    return {"status": "ok", "rps": 100, "failure_rate": failure_rate, "p50_ms": 30, "counters": counters}
+    return {
+        "status": "ok",
+        "rps": 100,
+        "requests": 500,
+        "failure_rate": failure_rate,
+        "p50_ms": 30,
+        "counters": counters,
+    }
 
 
 def decide(never_closed: dict[str, Any], closed: dict[str, Any] | None = None) -> Any:

@@ -96,5 +96,6 @@ def test_only_the_held_session_sits_idle_in_transaction_through_the_call(db: Dat
         finally:
             server.stop()
         runner.settle(db, 0, 10)
-    # Every one of the pool's connections holds a transaction through its call, or none does.
-    assert seen["held-across-call"] >= slots - 2 and seen["commit-before-call"] <= 2, seen
+    # Every one of the pool's connections holds a transaction through its call; committed
+    # sessions are idle in transaction only between their query and commit (a few, at once).
+    assert seen["held-across-call"] >= slots - 2 and seen["commit-before-call"] < seen["held-across-call"] / 2, seen

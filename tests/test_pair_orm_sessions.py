@@ -41,6 +41,7 @@ def rec(rps: float = 900, failure_rate: float = 0.0, **counts: Any) -> dict[str,
     return {
         "status": "ok",
         "rps": rps,
+        "requests": 1000,
         "failure_rate": failure_rate,
         "p50_ms": 40,
         "counters": counters(lent, **counts),
@@ -84,6 +85,12 @@ def test_inconclusive_when_a_closed_session_fails_or_loses_connections() -> None
     leaking = rec(rps=16, failure_rate=0.99, lent=16)
     assert decide(leaking, closed=rec(failure_rate=0.2, close=9000)).outcome == "inconclusive"
     assert decide(leaking, closed=rec(close=100)).outcome == "inconclusive"
+
+
+def test_a_window_that_answered_no_request_measured_no_failure_rate() -> None:
+    # Every request waited out a pool timeout longer than the window: 0 answered is not 0% failed.
+    verdict = decide(rec(rps=0, failure_rate=0.0, lent=16) | {"requests": 0})
+    assert verdict.outcome == "inconclusive" and "never-closed not measured" in verdict.headline
 
 
 def test_inconclusive_without_the_pool_counters() -> None:
