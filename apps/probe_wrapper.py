@@ -77,7 +77,23 @@ def _missing_variable(err: BaseException) -> str | None:
     return None
 
 
-def import_app(spec: str) -> Any:
+def _missing_settings(err: BaseException) -> list[str]:
+    """The fields a pydantic-settings class found missing: environment the app needs."""
+    if type(err).__name__ != "ValidationError" or not callable(getattr(err, "errors", None)):
+        return []
+    try:
+        return [".".join(map(str, e["loc"])).upper() for e in err.errors() if e.get("type") == "missing"]
+    except Exception:  # not pydantic's ValidationError after all
+        return []
+
+
+def one_line(err: BaseException) -> str:
+    """'SomeError: message' on one line, however many lines the message has."""
+    text = " ".join("".join(traceback.format_exception_only(type(err), err)).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def import_app(spec: str, app_dir: Path) -> Any:
     """`module:attribute` from the app's folder (already first on sys.path)."""
     module_name, _, attribute = spec.partition(":")
     try:
@@ -87,8 +103,12 @@ def import_app(spec: str) -> Any:
             raise
         if (name := _missing_variable(err)) is not None:
             fail(f"{module_name} needs the environment variable {name}, which is not set (give it with --env-file)")
-        last = traceback.format_exception_only(type(err), err)[-1].strip()
-        fail(f"{module_name} does not import: {last}")
+        if missing := _missing_settings(err):
+            fail(f"{module_name} needs settings that are not set: {', '.join(missing)} (give them with --env-file)")
+        hint = ""
+        if isinstance(err, ModuleNotFoundError) and err.name == module_name.split(".")[0]:
+            hint = f" (is --app-dir the project's folder? it is {app_dir})"
+        fail(f"{module_name} does not import: {one_line(err)}{hint}")
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):
@@ -160,6 +180,7 @@ class ProbeApp:
         self.watchdog = watchdog.StackWatchdog(str(out / "stalls.jsonl"), threshold_ms=stall_ms)
         self.pools: list[Any] = []
         self._recorder: asyncio.Task[None] | None = None
+        self._stopped = False
 
     # --- instruments -------------------------------------------------------------------
     def _watch_pools(self) -> None:
@@ -180,6 +201,9 @@ class ProbeApp:
         self.watchdog.start()
 
     async def _stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         self.watchdog.stop()
         if self._recorder is not None:
             self._recorder.cancel()
@@ -229,14 +253,17 @@ class ProbeApp:
         looked for once its start-up (which may create the engine) is complete."""
         self._start()
 
-        async def send_after_startup(message: dict[str, Any]) -> None:
+        async def send_around(message: dict[str, Any]) -> None:
             if message["type"] == "lifespan.startup.complete":
                 self._watch_pools()
                 self._write_counts()
+            elif message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                # Before uvicorn hears it: once it has, it ends the loop and cancels what runs on it.
+                await self._stop()
             await send(message)
 
         try:
-            await self.app(scope, receive, send_after_startup)
+            await self.app(scope, receive, send_around)
         finally:
             await self._stop()
 
@@ -267,7 +294,6 @@ def main() -> None:
     parser.add_argument("--prefix", required=True, help="the probe's own routes live under this path")
     parser.add_argument("--out", required=True, type=Path, help="where the instruments write")
     parser.add_argument("--stall-ms", type=float, default=25.0, help="loop lag that makes the watchdog look")
-    parser.add_argument("--check", action="store_true", help="import the app, print versions, exit")
     args = parser.parse_args()
 
     # This file's folder is sys.path[0] when run as a script: the app's folder replaces
@@ -286,10 +312,7 @@ def main() -> None:
         fail(f"{sys.executable} has no anyio: is FastAPI installed in this environment?")
     instruments = load_private("instruments")
     watchdog = load_private("watchdog")
-    app = import_app(args.app)
-    if args.check:
-        print(json.dumps({"python": sys.version.split()[0], "packages": versions()}))
-        return
+    app = import_app(args.app, args.app_dir.resolve())
     args.out.mkdir(parents=True, exist_ok=True)
     wrapped = ProbeApp(app, args.prefix, args.out, instruments, watchdog, args.stall_ms)
     wrapped._watch_pools()  # engines created at import

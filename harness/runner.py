@@ -424,7 +424,7 @@ def start_locust(
     ]  # fmt: skip
     if target is not None:
         options += ["--bench-paths", json.dumps(list(target.paths or (path,))), "--bench-id-min", str(target.id_min)]
-        options += ["--bench-expect", target.expect] if target.expect else []
+        options += [f"--bench-expect={target.expect}"] if target.expect else []  # "=": the text may start with "-"
     workers = scenario.locust_workers
     users = sample.users if sample else scenario.users
     argv = [
