@@ -178,7 +178,10 @@ def _stalls(summary: dict[str, Any], records: list[dict[str, Any]]) -> list[Find
 
 
 def _pool(records: list[dict[str, Any]], by_sample: dict[str, Any]) -> list[Finding]:
-    findings = []
+    """Exhaustion (checked out at size + overflow, or QueuePool timeouts) is a problem;
+    otherwise the pool's limit and its busiest level are information."""
+    findings: list[Finding] = []
+    busiest: tuple[int, dict[str, Any], dict[str, Any]] | None = None
     for record in records:
         extra = by_sample.get(str(record.get("sample"))) or {}
         pools = extra.get("pools") or []
@@ -200,7 +203,21 @@ def _pool(records: list[dict[str, Any]], by_sample: dict[str, Any]) -> list[Find
                     patterns=["stall", "sessions"],
                 )
             )
-            break
+            return findings
+        if busiest is None or (peak or 0) > busiest[0]:
+            busiest = (peak or 0, record, pool)
+    if busiest is not None:
+        peak, record, pool = busiest
+        limit = (pool.get("size") or 0) + max(0, pool.get("max_overflow") or 0)
+        findings.append(
+            Finding(
+                kind="pool",
+                problem=False,
+                text=f"The SQLAlchemy pool: {_pool_text(pool)}; at most {peak} of its {limit or '?'} connections "
+                f"checked out (at {_at(record)}).",
+                patterns=[],
+            )
+        )
     return findings
 
 

@@ -458,3 +458,27 @@ def test_a_healthy_app_gets_a_clean_bill(db: Database, tmp_path: Path) -> None:
     # A busy 2-core machine can delay the loop past the threshold now and then; never in the app's code.
     assert not any(site["in_app"] for site in summary["stalls"]["sites"])
     assert "No problem found" in (out / "REPORT.md").read_text()
+
+
+@pytest.mark.slow
+def test_probe_of_a_sqlmodel_app_names_the_blocking_route_and_the_pool_limit(db: Database, tmp_path: Path) -> None:
+    """The issue's template app: sync `get_db` on a default pool, and a driver call inside `async def`.
+    Needs SQLModel and psycopg 3, which the sessions pairs pin (skipped where they are not installed)."""
+    pytest.importorskip("sqlmodel")
+    pytest.importorskip("psycopg")
+    orm_app = EXAMPLE / "orm_app.py"
+    line = line_of(orm_app, "# the blocking driver call on the event loop")
+    out = tmp_path / "run"
+    url = db.dsn.replace("postgresql://", "postgresql+psycopg://", 1)
+    result = bench(
+        "probe", "--app", "orm_app:app", "--app-dir", str(EXAMPLE), "--path", "/items/{id}",
+        "--path", "/async-items/{id}", "--ids", "1-100", "--users", "1,20", "--duration", "2", "--stall-ms", "15",
+        "--dsn", url, "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = store.read_json(out / "summary.json")
+    in_app = [site for site in summary["stalls"]["sites"] if site["in_app"]]
+    assert (in_app[0]["where"], in_app[0]["function"]) == (f"orm_app.py:{line}", "read_item_on_the_loop")
+    assert "psycopg" in in_app[0]["blocked_in"] or "sqlalchemy" in in_app[0]["blocked_in"]
+    pool = next(f for f in summary["diagnosis"] if f["kind"] == "pool")
+    assert "QueuePool, size 5, overflow 10" in pool["text"]
