@@ -124,6 +124,8 @@ class StackWatchdog:
                 stall = None
             if time.monotonic() - last - self.period_s > self.threshold_s:
                 frame = sys._current_frames().get(self.loop_thread_id)
+                if frame is not None and self._beats != beats:  # it beat in between: not stalled after all
+                    frame = None
                 if frame is not None:
                     if stall is None:  # it began after the last beat: that is when the loop was last seen
                         stall = {"beat": beats, "time": time.time() - (time.monotonic() - last), "stacks": Counter()}
@@ -151,9 +153,11 @@ class StackWatchdog:
         return None
 
     def _finish(self, stall: dict[str, Any]) -> None:
-        # The beat after the stall is at least as late as the watcher saw the loop blocked,
-        # so it is always among the late ones; the threshold is only a floor for safety.
-        lag_s = self._take_late(stall["beat"] + 1) or self.threshold_s
+        # The beat after a stall is at least as late as the watcher saw the loop blocked,
+        # so it is among the late ones; if it is not, the loop was never stalled.
+        lag_s = self._take_late(stall["beat"] + 1)
+        if lag_s is None:
+            return
         self.stalls += 1
         self.lag_ms_captured += lag_s * 1000
         line = {

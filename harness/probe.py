@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import linecache
+import math
 import os
 import random
 import re
@@ -429,11 +430,13 @@ def _run_seed_cmd(target: Target, env: dict[str, str]) -> None:
     )
     try:
         output, _ = proc.communicate(timeout=SEED_TIMEOUT_S)
-    except BaseException:
+    except BaseException as err:  # a timeout, or Ctrl-C: the command goes too
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        raise BenchError(f"--seed-cmd did not finish within {SEED_TIMEOUT_S} s") from None
+        if isinstance(err, subprocess.TimeoutExpired):
+            raise BenchError(f"--seed-cmd did not finish within {SEED_TIMEOUT_S} s") from None
+        raise
     if proc.returncode != 0:
         lines = [line for line in output.splitlines() if line.strip()]
         reason = explain_database_error(output) or (lines[-1].strip() if lines else "no output")
@@ -492,6 +495,7 @@ def start_app(
             target.python, str(WRAPPER), "--app", target.app, "--app-dir", str(target.app_dir),
             "--port", str(port), "--prefix", prefix, "--out", str(folder), "--stall-ms", f"{target.stall_ms:g}",
         ]  # fmt: skip
+        (folder / "server.log").unlink(missing_ok=True)  # each attempt's reason from its own log
         server = ManagedProcess("the app's server", argv, folder / "server.log", env, target.app_dir)
         try:
             return server.serve(f"http://127.0.0.1:{port}{prefix}/ping", timeout_s), port
@@ -618,7 +622,7 @@ def measure(
         "users": sample.users,
         "rate": sample.rate,
         "block": 1,
-        "primary": True,
+        "primary": sample.primary,
         "workers": 0,
         "status": "running",
         "error": None,
@@ -708,6 +712,17 @@ def knee_rate(records: list[SampleRecord], target_ms: float) -> tuple[float, str
     )
 
 
+# Open loop: enough users that requests due at the rate find a free one while earlier
+# ones are still answered (each user sends one at a time), up to this response time.
+OPEN_LOOP_COVER_S = 0.05
+
+
+def open_loop_users(target: Target, rate: float) -> int:
+    """The sweep's top level, or more where the rate needs them; 10 at least."""
+    needed = math.ceil(rate * OPEN_LOOP_COVER_S)
+    return min(MAXIMUM["users"].maximum, max(max(target.levels), 10, needed))
+
+
 def run_probe(target: Target, command: list[str]) -> Path:
     """Measure the target and write the run folder; rendering is harness.probe_report's."""
     run_dir = store.new_run_dir(f"probe-{_slug(target.app)}", target.out)
@@ -762,7 +777,7 @@ def _measure_all(run: ProbeRun, db: Database, env: dict[str, str], manifest: dic
     rate, why = knee_rate(run.samples, target.p99_target_ms)
     manifest["open_loop"] = {"rate": rate, "why": why}
     if rate > 0:
-        sample = Sample(PROBE_PAIR, PROBE_PAIR.variants[0], "open", max(target.levels), rate, 1, False)
+        sample = Sample(PROBE_PAIR, PROBE_PAIR.variants[0], "open", open_loop_users(target, rate), rate, 1, False)
         progress.step(f"{target.app} open loop", f"{rate:g} req/s ({why})")
         run.samples.append(measure(run, db, env, sample, progress, first=False))
     return True
