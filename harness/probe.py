@@ -46,11 +46,13 @@ from harness.database import Database, redact
 from harness.pairs import ROOT, BenchError, Pair, Variant
 from harness.procs import Interrupted, ManagedProcess, free_port, log_tail, machine_load_lock, port_is_free
 from harness.records import SampleMeta, SampleRecord, VariantRecord
-from harness.runner import PG_HOME, LoadTarget, Progress, Sample, run_load
+from harness.runner import PG_HOME, LoadTarget, Progress, Sample, run_load, server_warnings
 from harness.sampling import ConnectionSampler, Probe
 from harness.scenario import MAXIMUM, P99_TARGET_MS, Bound, Scenario
 
 WRAPPER = ROOT / "apps" / "probe_wrapper.py"
+# The probe's own code in the app's server: its frames are never the app's.
+PROBE_FILES = {str(ROOT / "apps" / name) for name in ("probe_wrapper.py", "watchdog.py", "instruments.py")}
 # The wrapper's one-line errors (apps/probe_wrapper.py ERROR_MARK).
 ERROR_MARK = "fastapi-bench-probe: error:"
 # Open loop runs at this share of the knee's throughput: busy, but below saturation.
@@ -655,7 +657,7 @@ def measure(
             extra["counts"] = read_counts(port, run.prefix)
         finally:
             server.stop()
-            meta["warnings"] = _warnings(folder / "server.log")
+            meta["warnings"] = server_warnings(folder / "server.log")
         meta["status"] = "ok"
     except BenchError as err:
         if first and not loading:  # the preflight: the app does not start, or a path does not answer
@@ -689,12 +691,6 @@ def measure(
 def _load_expect(expect: str) -> str:
     """Under load only text is checked (cheap); a json: key is checked at verification."""
     return "" if expect.startswith("json:") else expect
-
-
-def _warnings(log: Path) -> list[str]:
-    from harness.runner import server_warnings
-
-    return server_warnings(log)
 
 
 def knee_rate(records: list[SampleRecord], target_ms: float) -> tuple[float, str]:
@@ -829,7 +825,7 @@ def is_app_frame(filename: str, app_dir: Path, library_paths: list[str]) -> bool
     if any(filename.startswith(path + os.sep) for path in library_paths if path):
         return False
     parts = Path(filename).parts
-    return "site-packages" not in parts and "dist-packages" not in parts and filename != str(WRAPPER)
+    return "site-packages" not in parts and "dist-packages" not in parts and filename not in PROBE_FILES
 
 
 def blocking_site(stack: list[list[Any]], app_dir: Path, library_paths: list[str]) -> tuple[list[Any], bool]:

@@ -4,6 +4,7 @@ a short probe of the example app (tests/probe_example/)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
@@ -69,6 +70,11 @@ def _stalls(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
+def _in_main(stall: dict[str, Any]) -> bool:
+    """Whether the loop was inside this file's `main` coroutine when it stalled."""
+    return any(frame[0] == __file__ and frame[2] == "main" for _, stack in stall["samples"] for frame in stack)
+
+
 def test_watchdog_captures_the_line_that_blocked_the_loop_and_the_lag_it_caused(tmp_path: Path) -> None:
     out = tmp_path / "stalls.jsonl"
 
@@ -82,7 +88,8 @@ def test_watchdog_captures_the_line_that_blocked_the_loop_and_the_lag_it_caused(
         watchdog.stop()
 
     asyncio.run(main())
-    stalls = _stalls(out)
+    # Only stalls inside main: a busy machine may delay the idle loop's own wake-ups too.
+    stalls = [s for s in _stalls(out) if _in_main(s)]
     assert len(stalls) == 3
     here = line_of(Path(__file__), "time.sleep(0.12)  # blocks the loop here")
     for stall in stalls:
@@ -105,8 +112,8 @@ def test_watchdog_stays_quiet_on_a_loop_that_only_awaits(tmp_path: Path) -> None
         return watchdog.summary()
 
     summary = asyncio.run(main())
-    assert _stalls(out) == []
-    assert summary["stalls_captured"] == 0
+    assert [s for s in _stalls(out) if _in_main(s)] == []
+    assert summary["stalls_captured"] == len(_stalls(out))
 
 
 # --- what a run's stored files show --------------------------------------------------
@@ -276,9 +283,11 @@ def test_target_file_paths_are_relative_to_the_file(tmp_path: Path) -> None:
 @pytest.fixture
 def wrapped(tmp_path: Path) -> Iterator[tuple[int, str, Path]]:
     """The example app under the wrapper with the suite's interpreter: (port, prefix, out)."""
-    yield from _serve(sys.executable, tmp_path)
+    with _serve(sys.executable, tmp_path) as served:
+        yield served
 
 
+@contextlib.contextmanager
 def _serve(python: str, tmp_path: Path, app: str = "app:app") -> Iterator[tuple[int, str, Path]]:
     port, prefix, out = free_port(), "/__bench_probe_test__", tmp_path / "out"
     argv = [python, str(probe.WRAPPER), "--app", app, "--app-dir", str(EXAMPLE), "--port", str(port),
@@ -353,9 +362,9 @@ def test_wrapper_needs_only_fastapi_and_uvicorn_in_the_apps_own_interpreter(tmp_
     for absent in ("locust", "pandas", "psycopg2", "harness", "sqlalchemy"):
         check = subprocess.run([python, "-c", f"import {absent}"], capture_output=True, cwd=tmp_path, check=False)
         assert check.returncode != 0, f"{absent} must not be importable in the minimal venv"
-    for port, prefix, out in _serve(python, tmp_path):
+    with _serve(python, tmp_path) as (port, prefix, out):
         counts = _exercise_and_check(port, prefix, out)
-        assert counts["executable"] == python
+    assert counts["executable"] == python
 
 
 # --- bad input that needs the app started ---------------------------------------------
