@@ -204,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--stall-ms", help="loop lag at which the watchdog captures the stack (default 25)")
     probe.add_argument("--p99-target", dest="p99_target_ms", help="the knee's p99 target in ms (default 100)")
     probe.add_argument("--out", help="write the run here (an empty folder) instead of results/<id>-probe-<app>")
+    probe.add_argument(
+        "--ui", action="store_true", help="open Locust's web UI against the app (loopback) instead of measuring"
+    )
+    probe.add_argument("--ui-minutes", help="stop the --ui session after this many minutes (default 30)")
 
     cmp = commands.add_parser("compare", help="compare two stored runs, variant by variant")
     cmp.add_argument("run_a", type=Path, help="the baseline run folder")
@@ -248,6 +252,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
     target = probe.build_target(
         options | given, {"users": _checked("--users", _users), "duration": _checked("--duration", _duration)}
     )
+    if args.ui:
+        minutes = probe.bounded_number(args.ui_minutes or str(probe.UI_MINUTES), "--ui-minutes", probe.UI_MAX_MINUTES)
+        probe.run_ui(target, minutes, lambda text: print(text, file=sys.stderr, flush=True))
+        return 0
+    if args.ui_minutes:
+        raise BenchError("--ui-minutes goes with --ui")
     run_dir = probe.run_probe(target, _hide_headers(sys.argv))
     print(f"report: {probe_report.render(run_dir)}")
     return 0

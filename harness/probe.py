@@ -29,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 import urllib.error
@@ -44,9 +45,18 @@ import psycopg2
 from harness import analysis, database, stats, store
 from harness.database import Database, redact
 from harness.pairs import ROOT, BenchError, Pair, Variant
-from harness.procs import Interrupted, ManagedProcess, free_port, log_tail, machine_load_lock, port_is_free
+from harness.procs import (
+    Interrupted,
+    ManagedProcess,
+    free_port,
+    http_ok,
+    log_tail,
+    machine_load_lock,
+    port_is_free,
+    python_bin,
+)
 from harness.records import SampleMeta, SampleRecord, VariantRecord
-from harness.runner import PG_HOME, LoadTarget, Progress, Sample, run_load, server_warnings
+from harness.runner import LOCUSTFILE, PG_HOME, LoadTarget, Progress, Sample, run_load, server_warnings
 from harness.sampling import ConnectionSampler, Probe
 from harness.scenario import MAXIMUM, P99_TARGET_MS, Bound, Scenario
 
@@ -246,7 +256,7 @@ def _paths(items: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def _number(text: str, what: str, bound: Bound, minimum: float = 0, whole: bool = False) -> float:
+def bounded_number(text: str, what: str, bound: Bound, minimum: float = 0, whole: bool = False) -> float:
     try:
         value = int(text) if whole else float(text)
     except ValueError:
@@ -315,13 +325,15 @@ def build_target(options: dict[str, Any], checks: dict[str, Callable[[str], Any]
         raise BenchError(f"--seed-sql {seed_sql}: no such file")
     port = None
     if options.get("port"):
-        port = int(_number(str(options["port"]), "--port", Bound(65_535, "", "the highest TCP port"), 0, True))
+        port = int(bounded_number(str(options["port"]), "--port", Bound(65_535, "", "the highest TCP port"), 0, True))
         if port < 1024 and os.geteuid() != 0:
             raise BenchError(f"--port {port}: ports below 1024 need root; choose one above 1024")
         if not port_is_free(port):
             raise BenchError(f"--port {port}: 127.0.0.1:{port} is in use; choose another port, or leave --port out")
-    stall_ms = _number(str(options.get("stall_ms") or DEFAULT_STALL_MS), "--stall-ms", STALL_MS)
-    target_ms = _number(str(options.get("p99_target_ms") or P99_TARGET_MS), "--p99-target", MAXIMUM["p99_target_ms"])
+    stall_ms = bounded_number(str(options.get("stall_ms") or DEFAULT_STALL_MS), "--stall-ms", STALL_MS)
+    target_ms = bounded_number(
+        str(options.get("p99_target_ms") or P99_TARGET_MS), "--p99-target", MAXIMUM["p99_target_ms"]
+    )
     out = Path(options["out"]) if options.get("out") else None
     return Target(
         app=app,
@@ -777,6 +789,49 @@ def _measure_all(run: ProbeRun, db: Database, env: dict[str, str], manifest: dic
         progress.step(f"{target.app} open loop", f"{rate:g} req/s ({why})")
         run.samples.append(measure(run, db, env, sample, progress, first=False))
     return True
+
+
+# `--ui`: Locust's web UI stays up at most this long (minutes), then everything stops.
+UI_MINUTES = 30.0
+UI_MAX_MINUTES = Bound(600, "minutes", "a session of 10 hours by hand is a soak; use --duration")
+
+
+def run_ui(target: Target, minutes: float, say: Callable[[str], None]) -> None:
+    """The app under the wrapper and Locust's web UI against it, both on loopback, for
+    exploring by hand: until Ctrl-C, the time limit, or either process exits. The
+    machine-wide load lock is held meanwhile, so no benchmark measures beside it."""
+    prefix = PREFIX_FORMAT.format(secrets.token_hex(4))
+    folder = Path(tempfile.mkdtemp(prefix="bench-probe-ui-"))  # the servers' logs and instruments
+    died: int | None = None
+    with probe_database(target) as (_db, app_dsn), machine_load_lock(say):
+        server, port = start_app(target, app_environment(target, app_dsn), folder, prefix, 60.0)
+        try:  # started: stop it, do not re-enter
+            for path in target.paths:
+                verify_path(port, path, target, folder / "server.log", 10.0)
+            web_port = free_port()
+            argv = [
+                python_bin(), "-m", "locust", "-f", str(LOCUSTFILE), "--host", f"http://127.0.0.1:{port}",
+                "--web-host", "127.0.0.1", "--web-port", str(web_port), "--bench-paths", json.dumps(target.paths),
+                "--bench-id-min", str(target.ids[0]), "--bench-rows", str(target.ids[1]), "--bench-check-body", "0",
+            ]  # fmt: skip
+            argv += [f"--bench-expect={_load_expect(target.expect)}"] if _load_expect(target.expect) else []
+            env = os.environ | {"PYTHONPATH": str(ROOT)}
+            if target.headers:
+                env["BENCH_HEADERS"] = json.dumps(target.headers)
+            with ManagedProcess("Locust's web UI", argv, folder / "locust.log", env, ROOT) as ui:
+                ui.wait_until(lambda: http_ok(f"http://127.0.0.1:{web_port}/"), 30.0, "serving its web UI")
+                say(
+                    f"Locust's web UI: http://127.0.0.1:{web_port} against {target.app} on 127.0.0.1:{port} "
+                    f"(its logs and stalls in {folder}); Ctrl-C stops both, at the latest in {minutes:g} min"
+                )
+                deadline = time.monotonic() + minutes * 60
+                while time.monotonic() < deadline and ui.exited() is None and server.exited() is None:
+                    time.sleep(0.5)
+                died = server.exited()
+        finally:
+            server.stop()
+    if died is not None:
+        raise BenchError(f"the app's server exited: {last_exception_line(log_tail(folder / 'server.log', 40))}")
 
 
 def _slug(app: str) -> str:

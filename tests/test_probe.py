@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -229,6 +230,8 @@ BASE = ["probe", "--app", "app:app", "--app-dir", str(EXAMPLE)]
         ([*BASE, "--path", "/", "--port", "99999"], "--port must be at most 65535"),
         ([*BASE, "--path", "/", "--stall-ms", "0"], "--stall-ms must be greater than 0"),
         (["probe", "/no/such/target.toml"], "/no/such/target.toml: cannot read"),
+        ([*BASE, "--path", "/", "--ui-minutes", "5"], "--ui-minutes goes with --ui"),
+        ([*BASE, "--path", "/", "--ui", "--ui-minutes", "1e6"], "--ui-minutes must be at most 600 minutes"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
@@ -491,3 +494,16 @@ def test_probe_of_a_sqlmodel_app_names_the_blocking_route_and_the_pool_limit(db:
     assert "psycopg" in in_app[0]["blocked_in"] or "sqlalchemy" in in_app[0]["blocked_in"]
     pool = next(f for f in summary["diagnosis"] if f["kind"] == "pool")
     assert "QueuePool, size 5, overflow 10" in pool["text"]
+
+
+@pytest.mark.slow
+def test_ui_serves_locusts_web_ui_on_loopback_and_stops_at_its_time_limit(db: Database, tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = bench(*BASE, "--path", "/healthy/{id}", "--ids", "1-9", "--dsn", db.dsn, "--ui", "--ui-minutes", "0.05")
+    assert result.returncode == 0, result.stderr
+    url = re.search(r"Locust's web UI: (http://127\.0\.0\.1:\d+)", result.stderr)
+    assert url, result.stderr
+    assert time.monotonic() - started < 60
+    folder = re.search(r"logs and stalls in (\S+)\)", result.stderr)
+    assert folder and processes_mentioning(folder.group(1)) == []
+    assert not http_ok(url.group(1))  # stopped with the session
