@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe.add_argument("target_file", nargs="?", type=Path, help="a TOML file with any of the options below")
     probe.add_argument("--app", help="the ASGI app as package.module:attribute, e.g. app.main:app")
+    probe.add_argument("--variant", help="a suite variant instead, as pair/variant, e.g. blocking/async-blocking")
     probe.add_argument("--app-dir", help="the project's folder; the app is imported from there (default: .)")
     probe.add_argument("--path", dest="paths", action="append", help="a path to load, e.g. '/items/{id}' (repeatable)")
     probe.add_argument(
@@ -246,6 +247,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from harness import probe, probe_report
 
     options = probe.read_target_file(args.target_file) if args.target_file else {}
+    if args.variant:
+        if args.app or args.target_file:
+            raise BenchError("--variant probes one of the suite's variants; drop --app and the target file")
+        options = probe.variant_options(args.variant)
     given = {key: getattr(args, key) for key in (*probe.TARGET_FIELDS, "out") if getattr(args, key, None)}
     if "headers" in given and "headers" in options:  # both: the file's and the command line's
         given["headers"] = [*options["headers"], *given["headers"]]

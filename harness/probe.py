@@ -131,6 +131,10 @@ class Target:
     stall_ms: float = DEFAULT_STALL_MS
     p99_target_ms: float = P99_TARGET_MS
     out: Path | None = None
+    # One of the suite's own variants (pair/variant) instead of a user's app: its knobs and
+    # seeded table come from the pair, as in `bench.py run`.
+    variant: str = ""
+    knobs: dict[str, int] = field(default_factory=dict)
 
     def shown(self) -> dict[str, Any]:
         """For the manifest: no header values, no environment values, no password."""
@@ -153,6 +157,7 @@ class Target:
             "port": self.port,
             "stall_ms": self.stall_ms,
             "p99_target_ms": self.p99_target_ms,
+            "variant": self.variant or None,
         }
 
 
@@ -357,6 +362,8 @@ def build_target(options: dict[str, Any], checks: dict[str, Callable[[str], Any]
         stall_ms=stall_ms,
         p99_target_ms=target_ms,
         out=out,
+        variant=options.get("variant") or "",
+        knobs=dict(options.get("knobs") or {}),
     )
 
 
@@ -430,6 +437,14 @@ def seed(target: Target, app_dsn: str, env: dict[str, str]) -> str:
 SEED_TIMEOUT_S = 600
 
 
+def prepare_variant(target: Target, db: Database) -> str:
+    """A suite variant's seeded table, as `bench.py run` creates it; "" for a user's app."""
+    if not target.variant:
+        return ""
+    database.prepare(db, target.ids[1])
+    return f"with the suite's {database.TABLE} table ({target.ids[1]:,} rows), as bench.py run does"
+
+
 def _run_seed_cmd(target: Target, env: dict[str, str]) -> None:
     proc = subprocess.Popen(
         target.seed_cmd,
@@ -462,10 +477,36 @@ def _run_seed_cmd(target: Target, env: dict[str, str]) -> None:
 
 def app_environment(target: Target, app_dsn: str) -> dict[str, str]:
     """The caller's environment with the env file's variables, and the database URL in
-    `dsn_env` where neither sets it (the embedded server's, or --dsn)."""
+    `dsn_env` where neither sets it (the embedded server's, or --dsn). A suite variant
+    gets the settings `bench.py run` passes (apps/common.py reads them)."""
     env = os.environ | target.environment
     env.setdefault(target.dsn_env, app_dsn)
+    if target.variant:
+        variant = target.variant.partition("/")[2]
+        env |= {"BENCH_DSN": harness_dsn(app_dsn), "BENCH_VARIANT": variant, "BENCH_KNOBS": json.dumps(target.knobs)}
     return env
+
+
+def variant_options(spec: str) -> dict[str, Any]:
+    """The target options for one of the suite's variants, `pair/variant`."""
+    from harness import pairs as pairs_mod
+
+    pair_name, _, variant_name = spec.partition("/")
+    if not variant_name:
+        raise BenchError(f"--variant takes pair/variant, e.g. blocking/async-blocking, got {spec!r}")
+    pair = pairs_mod.select([spec])[0]  # an unknown pair or variant raises with a hint
+    if pair.upstream:
+        raise BenchError(f"pair {pair_name!r} calls the stub upstream, which the probe does not start; choose another")
+    variant = pair.variant(variant_name)
+    return {
+        "app": pair.app,
+        "app_dir": str(ROOT),
+        "paths": [variant.path],
+        "ids": f"1-{Scenario().rows}",
+        "python": sys.executable,
+        "variant": spec,
+        "knobs": dict(pair.knobs),
+    }
 
 
 def explain_start_failure(log: Path, port: int, fallback: str) -> str:
@@ -743,7 +784,7 @@ def run_probe(target: Target, command: list[str]) -> Path:
         with probe_database(target) as (db, app_dsn):
             manifest["database"] = {"source": db.source, "dsn": db.redacted, **database.server_settings(db)}
             env = app_environment(target, app_dsn)
-            manifest["database"]["prepared"] = seed(target, app_dsn, env)
+            manifest["database"]["prepared"] = prepare_variant(target, db) or seed(target, app_dsn, env)
             store.write_json(run_dir / "manifest.json", manifest)
             measured = _measure_all(run, db, env, manifest)
         manifest["status"] = "complete"
@@ -803,7 +844,8 @@ def run_ui(target: Target, minutes: float, say: Callable[[str], None]) -> None:
     prefix = PREFIX_FORMAT.format(secrets.token_hex(4))
     folder = Path(tempfile.mkdtemp(prefix="bench-probe-ui-"))  # the servers' logs and instruments
     died: int | None = None
-    with probe_database(target) as (_db, app_dsn), machine_load_lock(say):
+    with probe_database(target) as (db, app_dsn), machine_load_lock(say):
+        prepare_variant(target, db)
         server, port = start_app(target, app_environment(target, app_dsn), folder, prefix, 60.0)
         try:  # started: stop it, do not re-enter
             for path in target.paths:

@@ -231,6 +231,9 @@ BASE = ["probe", "--app", "app:app", "--app-dir", str(EXAMPLE)]
         ([*BASE, "--path", "/", "--stall-ms", "0"], "--stall-ms must be greater than 0"),
         (["probe", "/no/such/target.toml"], "/no/such/target.toml: cannot read"),
         ([*BASE, "--path", "/", "--ui-minutes", "5"], "--ui-minutes goes with --ui"),
+        (["probe", "--variant", "blocking/async-blockin"], "did you mean 'async-blocking'"),
+        (["probe", "--variant", "gather/gather"], "calls the stub upstream"),
+        (["probe", "--variant", "blocking"], "--variant takes pair/variant"),
         ([*BASE, "--path", "/", "--ui", "--ui-minutes", "1e6"], "--ui-minutes must be at most 600 minutes"),
     ],
 )
@@ -507,3 +510,19 @@ def test_ui_serves_locusts_web_ui_on_loopback_and_stops_at_its_time_limit(db: Da
     folder = re.search(r"logs and stalls in (\S+)\)", result.stderr)
     assert folder and processes_mentioning(folder.group(1)) == []
     assert not http_ok(url.group(1))  # stopped with the session
+
+
+@pytest.mark.slow
+def test_probe_of_the_suites_own_async_blocking_variant_shows_the_stack_that_blocked(
+    db: Database, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    result = bench(
+        "probe", "--variant", "blocking/async-blocking", "--users", "1,4", "--duration", "2", "--dsn", db.dsn,
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    top = store.read_json(out / "summary.json")["stalls"]["sites"][0]
+    sleep_line = line_of(ROOT / "apps" / "blocking" / "app.py", 'time.sleep(knob("block_ms") / 1000)')
+    assert (top["where"], top["function"]) == (f"apps/blocking/app.py:{sleep_line}", "blocking_lookup")
+    assert any("async_blocking_item" in frame for frame in top["stack"])  # the endpoint that called it
