@@ -242,6 +242,47 @@ def _link(run_dir: Path, pattern: str) -> str:
     return f"[{claim} `{pattern}`]({top}#{anchor}) ({words})"
 
 
+def draw_charts(run_dir: Path, summary: dict[str, Any], target_ms: float) -> list[str]:
+    """The sweep (throughput and p99 against users, the knee circled) and, per load, the
+    loop lag and the backends by state over time; paths relative to the run folder."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from harness import charts
+    from harness.probe import PROBE_PAIR
+
+    drawn = []
+    closed = [r for r in summary["variants"] if r.get("status") == "ok" and r.get("mode") == "closed"]
+    swept: Any = {"variant": "app", "role": "reference", "levels": closed, "knee": summary.get("knee")}
+    if len(closed) > 1 and charts.chart_levels(PROBE_PAIR, [swept], target_ms, run_dir / "charts" / "sweep.png"):
+        drawn.append("charts/sweep.png")
+    measured = [r for r in summary["variants"] if r.get("status") == "ok"]
+    if not measured:
+        return drawn
+    fig, (lag_ax, db_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for record in measured:
+        folder = run_dir / "samples" / str(record["sample"])
+        start = store.read_phases(folder).get("measure_start")
+        if start is None:
+            continue
+        for name, axis, column in (("loop_lag.csv", lag_ax, "lag_ms"), ("connections.csv", db_ax, "total")):
+            path = store.raw(folder, name)
+            if not path.is_file():
+                continue
+            frame = pd.read_csv(path)
+            frame = frame[frame["time"] >= start]
+            if column in frame and len(frame):
+                axis.plot(frame["time"] - start, frame[column].clip(lower=0), label=_at(record), linewidth=0.8)
+    lag_ax.set_title("Event-loop lag (ms) from the end of the warm-up")
+    db_ax.set_title("Backends on the app's database")
+    for axis in (lag_ax, db_ax):
+        axis.set_xlabel("seconds")
+        axis.legend(fontsize=8)
+    charts._save(fig, "probe: over time", run_dir / "charts" / "over_time.png")
+    drawn.append("charts/over_time.png")
+    return drawn
+
+
 def render(run_dir: Path) -> Path:
     """REPORT.md in the probe's run folder, from its stored files only."""
     manifest = store.read_json(run_dir / "manifest.json")
@@ -289,6 +330,7 @@ def render(run_dir: Path) -> Path:
     ]
     lines += _stall_section(summary)
     lines += _levels_section(summary)
+    lines += [f"![probe chart]({chart})" for chart in draw_charts(run_dir, summary, target["p99_target_ms"])] + [""]
     lines += _paths_section(summary)
     lines += _resources_section(summary)
     warned = list(dict.fromkeys(w for r in summary["variants"] for w in r.get("warnings") or []))

@@ -451,6 +451,7 @@ def test_probe_names_the_blocking_line_with_its_lag_in_a_run_of_its_own(db: Data
     assert four["loop_lag_p99_ms"] >= 40 and four["ping_p99_ms"] >= 40  # the healthy route's loop waits too
     report = (out / "REPORT.md").read_text()
     assert f"`app.py:{BLOCKING_LINE}` `blocking`" in report and "time.sleep(BLOCK_S)" in report
+    assert (out / "charts" / "sweep.png").is_file() and "charts/over_time.png" in report
     assert (ROOT / "REPORT.md").read_text() == top_report  # never the top-level report
     # The read-only promise: nothing was created in the database the probe sampled.
     assert store.read_json(out / "manifest.json")["database"]["prepared"].startswith("not by the probe")
