@@ -334,7 +334,9 @@ def test_wrapper_serves_the_app_unchanged_with_ping_counts_and_the_blocking_line
     counts = _exercise_and_check(port, prefix, out)
     assert counts["pools"] == []  # the example has no SQLAlchemy engine
     assert "fastapi" in counts["packages"]
-    lags = (out / "loop_lag.csv").read_text().splitlines()
+    deadline = time.monotonic() + 3  # the monitor writes in batches, every 0.5 s
+    while len(lags := (out / "loop_lag.csv").read_text().splitlines()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert lags[0].startswith("time,lag_ms,threads_busy") and len(lags) > 1
 
 
