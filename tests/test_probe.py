@@ -202,6 +202,70 @@ def test_diagnosis_names_the_blocking_line_the_exhausted_pool_and_the_busy_threa
     assert "max_connections" not in findings
 
 
+# --- the pieces that read what the user gave ------------------------------------------
+
+
+def test_env_file_reads_dotenv_lines(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("# settings\n\nexport A=1\nB = \"two words\"\nC='x=y'\nD=plain # a comment\nE=\n")
+    assert probe.parse_env_file(env) == {"A": "1", "B": "two words", "C": "x=y", "D": "plain", "E": ""}
+
+
+@pytest.mark.parametrize(
+    ("body", "expect", "found"),
+    [
+        (b'{"id": 3, "user": {"name": "x"}}', "json:user.name", True),
+        (b'{"id": 3, "user": {"name": "x"}}', "json:user.email", False),
+        (b'[{"id": 3}, {"id": 4}]', "json:id", True),
+        (b"not json", "json:id", False),
+        (b"<h1>Welcome</h1>", "Welcome", True),
+        (b"<h1>Welcome</h1>", "Goodbye", False),
+    ],
+)
+def test_expect_checks_a_json_key_or_a_text(body: bytes, expect: str, found: bool) -> None:
+    assert probe.check_expect(body, expect) is found
+
+
+def test_sqlalchemy_urls_are_read_as_libpq_urls() -> None:
+    assert probe.harness_dsn("postgresql+psycopg://u:p@h:5/db") == "postgresql://u:p@h:5/db"
+    assert probe.harness_dsn("postgresql+asyncpg://u@h/db") == "postgresql://u@h/db"
+    assert probe.harness_dsn("postgres://u@h/db") == "postgres://u@h/db"
+
+
+def test_stored_commands_hide_header_values_and_passwords() -> None:
+    from harness.cli import _hide_headers
+
+    argv = ["bench.py", "probe", "--header", "Authorization: Bearer s3cret", "--header=X-Key: k3y",
+            "--dsn", "postgresql://u:pw@h/db"]  # fmt: skip
+    shown = " ".join(_hide_headers(argv))
+    assert "s3cret" not in shown and "k3y" not in shown and "pw@" not in shown
+    assert "Authorization: ***" in shown and "--header=X-Key: ***" in shown
+
+
+def test_a_start_failure_is_explained_in_one_line(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text("ERROR:    [Errno 98] error while attempting to bind on address: address already in use\n")
+    assert probe.explain_start_failure(log, 8123, "x") == (
+        "127.0.0.1:8123 is in use; choose another --port, or leave --port out"
+    )
+    log.write_text(
+        'ERROR:    Traceback (most recent call last):\n  File "db.py", line 3, in startup\n'
+        'psycopg.errors.FeatureNotSupported: extension "uuid-ossp" is not available\n'
+        "ERROR:    Application startup failed. Exiting.\n"
+    )
+    assert "needs the PostgreSQL extension uuid-ossp" in probe.explain_start_failure(log, 1, "x")
+    log.write_text(
+        "ERROR:    Traceback (most recent call last):\n    raise RuntimeError('no')\n"
+        "RuntimeError: the cache is not configured\nERROR:    Application startup failed. Exiting.\n"
+    )
+    assert (
+        probe.explain_start_failure(log, 1, "x")
+        == "the app's start-up failed: RuntimeError: the cache is not configured"
+    )
+    log.write_text("nothing useful\nat all\n")
+    assert probe.explain_start_failure(log, 1, "it exited\nwith status 1") == "it exited with status 1"
+
+
 # --- bad input, before anything starts ------------------------------------------------
 
 
