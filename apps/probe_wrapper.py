@@ -72,7 +72,10 @@ def _missing_variable(err: BaseException) -> str | None:
         return None
     frames = traceback.extract_tb(err.__traceback__)
     innermost = frames[-1] if frames else None
-    if innermost and innermost.name in ("__getitem__", "getenv") and Path(innermost.filename).name == "os.py":
+    if innermost is None or innermost.name != "__getitem__":
+        return None
+    # os is frozen into the interpreter since 3.11: its frames say "<frozen os>".
+    if innermost.filename == "<frozen os>" or Path(innermost.filename).name == "os.py":
         return str(err.args[0])
     return None
 

@@ -685,10 +685,12 @@ def measure(
     store.write_json(folder / "sample.json", meta)
     extra: dict[str, Any] = {}
     loading = False
+    # The preflight is silent: a mistake there is the one line the user sees.
+    if not first:
+        progress.say("starting the app")
     try:
         # Another client's backends stay where they are: the probe only notes them.
         meta["baseline_connections"] = database.wait_for_backends(db, 0, 0)
-        progress.say("starting the app")
         server, port = start_app(target, env, folder, run.prefix, scenario.start_timeout_s)
         try:
             extra["verification"] = [
@@ -697,6 +699,8 @@ def measure(
             ]
             progress.say("verified; load running")
             loading = True  # from here on a failure is the sample's, not the user's input
+            if first:
+                print(f"run folder: {run.run_dir}", file=sys.stderr)
             sampler = ConnectionSampler(
                 db, server.pid, folder / "connections.csv", scenario.sample_interval_s, db.server_pid
             )
@@ -818,7 +822,6 @@ def _measure_all(run: ProbeRun, db: Database, env: dict[str, str], manifest: dic
     target = run.target
     plan = [Sample(PROBE_PAIR, PROBE_PAIR.variants[0], "closed", users, 0.0, 1, True) for users in target.levels]
     progress = Progress(len(plan) + 1)
-    print(f"run folder: {run.run_dir}", file=sys.stderr)
     for index, sample in enumerate(plan):
         progress.step(f"{target.app} closed loop", f"{sample.users} users")
         run.samples.append(measure(run, db, env, sample, progress, first=index == 0))
