@@ -502,7 +502,7 @@ def variant_options(spec: str) -> dict[str, Any]:
         "app": pair.app,
         "app_dir": str(ROOT),
         "paths": [variant.path],
-        "ids": f"1-{Scenario().rows}",
+        "ids": f"1-{Scenario(name='default').rows}",
         "python": sys.executable,
         "variant": spec,
         "knobs": dict(pair.knobs),
