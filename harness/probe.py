@@ -697,10 +697,10 @@ def measure(
                 verify_path(port, path, target, folder / "server.log", scenario.request_timeout_s)
                 for path in target.paths
             ]
-            progress.say("verified; load running")
             loading = True  # from here on a failure is the sample's, not the user's input
             if first:
                 print(f"run folder: {run.run_dir}", file=sys.stderr)
+            progress.say("verified; load running")
             sampler = ConnectionSampler(
                 db, server.pid, folder / "connections.csv", scenario.sample_interval_s, db.server_pid
             )
@@ -758,7 +758,8 @@ def knee_rate(records: list[SampleRecord], target_ms: float) -> tuple[float, str
         return 0.0, "no closed-loop level measured"
     found = stats.knee(levels, target_ms)
     if found is not None:
-        return max(1.0, round(OPEN_LOOP_SHARE * found.rps, 1)), f"70% of the knee ({found.users} users)"
+        users = f"{found.users} user" + ("" if found.users == 1 else "s")
+        return max(1.0, round(OPEN_LOOP_SHARE * found.rps, 1)), f"70% of the knee ({users})"
     lowest = min(levels, key=lambda level: level.users)
     return max(1.0, round(OPEN_LOOP_SHARE * lowest.rps, 1)), (
         f"70% of the {lowest.users}-user rate: no level kept p99 under {target_ms:g} ms"

@@ -49,7 +49,8 @@ def _levels(summary: dict[str, Any]) -> list[dict[str, Any]]:
 def _at(record: dict[str, Any]) -> str:
     if record.get("mode") == "open":
         return f"open loop at {record.get('rate') or 0:g} req/s"
-    return f"{record.get('users')} users"
+    users = record.get("users")
+    return f"{users} user" if users == 1 else f"{users} users"
 
 
 def _worst(records: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
@@ -121,7 +122,7 @@ def diagnose(summary: dict[str, Any], manifest: dict[str, Any]) -> list[Finding]
     knee = summary.get("knee")
     target = (manifest.get("target") or {}).get("p99_target_ms")
     if knee:
-        text = f"The knee: {knee['users']} users, {knee['rps']:,.0f} req/s with p99 {knee['p99_ms']:,.0f} ms"
+        text = f"The knee: {_at(knee)}, {knee['rps']:,.0f} req/s with p99 {knee['p99_ms']:,.0f} ms"
     else:
         text = "No level kept p99 under the target, so there is no knee"
     findings.append(Finding(kind="knee", problem=False, text=f"{text} (target {target or 0:g} ms).", patterns=[]))
@@ -414,7 +415,7 @@ def _levels_section(summary: dict[str, Any]) -> list[str]:
     knee = summary.get("knee")
     lines += [
         "",
-        f"Knee: {knee['users']} users, {knee['rps']:,.0f} req/s at p99 {knee['p99_ms']:,.0f} ms."
+        f"Knee: {_at(knee)}, {knee['rps']:,.0f} req/s at p99 {knee['p99_ms']:,.0f} ms."
         if knee
         else "Knee: none (no level kept p99 under the target).",
         "",
