@@ -1,4 +1,4 @@
-"""`python bench.py run | report | compare | connections | list`.
+"""`python bench.py run | probe | report | compare | connections | list`.
 
 Problems the user can fix end in one line on stderr and exit status 2; Ctrl-C ends
 in exit status 130 with completed variants kept in the run folder.
@@ -11,6 +11,7 @@ import math
 import os
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from harness import compare, connections, report, runner, scenario, store
@@ -183,6 +184,37 @@ def build_parser() -> argparse.ArgumentParser:
     conn.add_argument("run_dir", nargs="?", type=Path, help="a results/<run-id> folder (default: the newest)")
     conn.add_argument("run_b", nargs="?", type=Path, help="a second run, shown beside the first")
     conn.add_argument("--pair", type=_pairs, metavar="P[,P...]", help="only these pairs")
+    probe = commands.add_parser(
+        "probe", help="measure your own FastAPI app under the same load and instruments, in a run folder of its own"
+    )
+    probe.add_argument("target_file", nargs="?", type=Path, help="a TOML file with any of the options below")
+    probe.add_argument("--app", help="the ASGI app as package.module:attribute, e.g. app.main:app")
+    probe.add_argument("--variant", help="a suite variant instead, as pair/variant, e.g. blocking/async-blocking")
+    probe.add_argument("--app-dir", help="the project's folder; the app is imported from there (default: .)")
+    probe.add_argument("--path", dest="paths", action="append", help="a path to load, e.g. '/items/{id}' (repeatable)")
+    probe.add_argument(
+        "--header", dest="headers", action="append", help="'Name: value' sent with every request (repeatable)"
+    )
+    probe.add_argument("--env-file", help="NAME=VALUE lines: the environment the app needs")
+    probe.add_argument(
+        "--python", help="the app's interpreter, e.g. .venv/bin/python (default: the project's .venv, or this one)"
+    )
+    probe.add_argument("--dsn", help="the app's PostgreSQL (postgresql://...); default: $DSN_ENV, else embedded")
+    probe.add_argument("--dsn-env", help="the variable that holds the app's database URL (default DATABASE_URL)")
+    probe.add_argument("--ids", help="the range {id} is drawn from, e.g. 1-1000")
+    probe.add_argument("--seed-sql", help="an SQL file run on the app's database before load")
+    probe.add_argument("--seed-cmd", help="a command run in the app's folder, with its environment, before load")
+    probe.add_argument("--users", help="the closed-loop users sweep (default 1,10,50)")
+    probe.add_argument("--duration", help="measured seconds per level (default 10)")
+    probe.add_argument("--expect", help="text every 200 body must contain, or json:KEY for a key of its JSON")
+    probe.add_argument("--port", help="serve the app on this loopback port (default: a free one)")
+    probe.add_argument("--stall-ms", help="loop lag at which the watchdog captures the stack (default 25)")
+    probe.add_argument("--p99-target", dest="p99_target_ms", help="the knee's p99 target in ms (default 100)")
+    probe.add_argument("--out", help="write the run here (an empty folder) instead of results/<id>-probe-<app>")
+    probe.add_argument(
+        "--ui", action="store_true", help="open Locust's web UI against the app (loopback) instead of measuring"
+    )
+    probe.add_argument("--ui-minutes", help="stop the --ui session after this many minutes (default 30)")
 
     cmp = commands.add_parser("compare", help="compare two stored runs, variant by variant")
     cmp.add_argument("run_a", type=Path, help="the baseline run folder")
@@ -191,6 +223,55 @@ def build_parser() -> argparse.ArgumentParser:
         "--fail-above", type=_percent, metavar="PCT", help="exit 1 if a figure got worse by more than PCT percent"
     )
     return parser
+
+
+def _checked(option: str, parse: Callable[[str], object]) -> Callable[[str], object]:
+    """A command-line parser for a probe field that may come from a target file too."""
+
+    def check(text: str) -> object:
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError as err:
+            raise BenchError(f"argument {option}: {err}") from None
+
+    return check
+
+
+def _hide_headers(argv: list[str]) -> list[str]:
+    """The command as stored: DSN passwords and header values (tokens) hidden."""
+    shown, hide_next = [], False
+    for arg in argv:
+        if hide_next or arg.startswith("--header="):
+            name = arg.removeprefix("--header=").split(":", 1)[0]
+            arg = f"{'--header=' if arg.startswith('--header=') else ''}{name}: ***"
+        hide_next = arg == "--header"
+        shown.append(redact(arg))
+    return shown
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from harness import probe, probe_report
+
+    options = probe.read_target_file(args.target_file) if args.target_file else {}
+    if args.variant:
+        if args.app or args.target_file:
+            raise BenchError("--variant probes one of the suite's variants; drop --app and the target file")
+        options = probe.variant_options(args.variant)
+    given = {key: getattr(args, key) for key in (*probe.TARGET_FIELDS, "out") if getattr(args, key, None)}
+    if "headers" in given and "headers" in options:  # both: the file's and the command line's
+        given["headers"] = [*options["headers"], *given["headers"]]
+    target = probe.build_target(
+        options | given, {"users": _checked("--users", _users), "duration": _checked("--duration", _duration)}
+    )
+    if args.ui:
+        minutes = probe.bounded_number(args.ui_minutes or str(probe.UI_MINUTES), "--ui-minutes", probe.UI_MAX_MINUTES)
+        probe.run_ui(target, minutes, lambda text: print(text, file=sys.stderr, flush=True))
+        return 0
+    if args.ui_minutes:
+        raise BenchError("--ui-minutes goes with --ui")
+    run_dir = probe.run_probe(target, _hide_headers(sys.argv))
+    print(f"report: {probe_report.render(run_dir)}")
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -315,6 +396,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not store.is_run_dir(run_dir):
         raise BenchError(f"{run_dir} is not a run folder (no manifest.json)")
     store.check_format(run_dir)
+    if store.read_json(run_dir / "manifest.json").get("kind") == "probe":  # a probe's report is its own
+        from harness import probe_report
+
+        print(f"report: {probe_report.render(run_dir)}")
+        return 0
     path = report.rebuild(run_dir, write_top_report=store.feeds_top_report(run_dir) and not args.no_top)
     print(f"report: {path}")
     return 0
@@ -333,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_compare(args)
         if args.command == "connections":
             return cmd_connections(args)
+        if args.command == "probe":
+            return cmd_probe(args)
         return cmd_run(args, argv)
     except BenchError as err:
         print(f"bench.py: error: {redact(str(err))}", file=sys.stderr)

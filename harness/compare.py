@@ -48,6 +48,11 @@ def differences(a_dir: Path, b_dir: Path) -> list[str]:
         other = b["environment"]["packages"].get(name)
         if other != version:
             found.append(f"{name}: {version} vs {other}")
+    # Two probe runs: before and after a change to one app, not two different apps.
+    for key in ("app", "paths", "ids", "levels", "python"):
+        here, there = (a.get("target") or {}).get(key), (b.get("target") or {}).get(key)
+        if here != there:
+            found.append(f"probe {key}: {here} vs {there}")
     for key in sorted(set(a["scenario"]) | set(b["scenario"])):
         if key not in ("name", "description") and a["scenario"].get(key) != b["scenario"].get(key):
             found.append(f"scenario {key}: {a['scenario'].get(key)} vs {b['scenario'].get(key)}")

@@ -413,6 +413,18 @@ def recovery_s(scenario: Scenario) -> float:
     return max(10.0, scenario.soak_s / 3)
 
 
+@dataclass(frozen=True)
+class LoadTarget:
+    """What the load asks for beyond one suite path: several paths (one drawn per
+    request), an id range, headers and a body check of the caller's own (bench.py probe)."""
+
+    paths: tuple[str, ...] = ()
+    id_min: int = 1
+    id_max: int = 0  # 0: the scenario's rows
+    expect: str = ""  # a 200 response must contain this text ("": status only)
+    headers: dict[str, str] = field(default_factory=dict)  # sent in the environment, never on a command line
+
+
 def _locust_argv(role: list[str]) -> list[str]:
     return [python_bin(), "-m", "locust", "-f", str(LOCUSTFILE), *role]
 
@@ -425,26 +437,34 @@ def start_locust(
     folder: Path,
     run_time: float,
     measure: tuple[float, int, float] | None = None,
+    target: LoadTarget | None = None,
 ) -> ManagedProcess:
     """Locust headless against the server: one process, or a master with
     `locust_workers` worker processes (its companions), all on loopback. `measure` is
     (measured seconds, least requests, most measured seconds): the locustfile ends the
     warm-up once every user has completed a request, and stops the load itself once the
-    measured phase may end; `run_time` (Locust's -t) is only the outer bound."""
+    measured phase may end; `run_time` (Locust's -t) is only the outer bound. `target`:
+    a probed app's paths, ids, headers and body check instead of the suite's row check."""
     duration_s, min_requests, max_measure_s = measure or (scenario.duration_s, 0, scenario.duration_s)
+    # The suite's variants answer with the seeded row, which the locustfile checks; a
+    # probed app's bodies are its own, so only its --expect text is checked.
+    check_body = "1" if sample and target is None else "0"
     options = [
         "--bench-path", path,
-        "--bench-rows", str(scenario.rows),
+        "--bench-rows", str(target.id_max if target and target.id_max else scenario.rows),
         "--bench-warmup", str(scenario.warmup_s),
         "--bench-timeout", str(scenario.request_timeout_s),
         "--bench-warmup-max", str(scenario.warmup_max_s),
         "--bench-phases", str(folder / "phases.json"),
         "--bench-rate", str(sample.rate if sample else 0.0),
-        "--bench-check-body", "1" if sample else "0",
+        "--bench-check-body", check_body,
         "--bench-duration", str(duration_s),
         "--bench-min-requests", str(min_requests),
         "--bench-max-measure", str(max_measure_s),
     ]  # fmt: skip
+    if target is not None:
+        options += ["--bench-paths", json.dumps(list(target.paths or (path,))), "--bench-id-min", str(target.id_min)]
+        options += [f"--bench-expect={target.expect}"] if target.expect else []  # "=": the text may start with "-"
     workers = scenario.locust_workers
     users = sample.users if sample else scenario.users
     argv = [
@@ -461,6 +481,8 @@ def start_locust(
         *options,
     ]  # fmt: skip
     env = os.environ | {"PYTHONPATH": str(ROOT)}
+    if target is not None and target.headers:
+        env["BENCH_HEADERS"] = json.dumps(target.headers)
     master_port = free_port() if workers else 0
     if workers:
         argv += ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port)]
@@ -489,6 +511,7 @@ def run_load(
     progress: Progress,
     sampler: ConnectionSampler,
     server: ManagedProcess,
+    target: LoadTarget | None = None,
 ) -> None:
     """One Locust run to its end (warm-up + measured, or a soak), bounded by a deadline;
     a server that dies ends it at once. `sample` None: calibration."""
@@ -509,7 +532,7 @@ def run_load(
     started = time.monotonic()
     measure = (measured_s, min_requests, max_measure_s)
     # started: stop it, do not re-enter
-    locust = start_locust(port, path, scenario, sample, folder, run_time, measure)
+    locust = start_locust(port, path, scenario, sample, folder, run_time, measure, target)
     try:
         sampler.watch_generator([locust, *locust.companions])
         while (code := locust.wait(1.0)) is None:

@@ -183,8 +183,11 @@ class Probe:
     probe's own backlog), and a new connection per ping would measure how long a
     busy server takes to accept, not how late its loop answers."""
 
-    def __init__(self, host: str, port: int, out: Path, rate: float, timeout_s: float, senders: int = 16) -> None:
+    def __init__(
+        self, host: str, port: int, out: Path, rate: float, timeout_s: float, senders: int = 16, path: str = "/ping"
+    ) -> None:
         self.host, self.port, self.out = host, port, out
+        self.path = path  # a probed app's /ping lives under a prefix of its own
         self.period_s, self.timeout_s = 1.0 / rate, timeout_s
         self.senders = senders
         self._due: queue.Queue[tuple[float, float] | None] = queue.Queue()
@@ -203,7 +206,7 @@ class Probe:
             row: dict[str, Any] = {"intended": f"{intended_wall:.3f}", "status": 0, "error": ""}
             try:
                 conn = conn or self._connect()
-                conn.request("GET", "/ping")
+                conn.request("GET", self.path)
                 resp = conn.getresponse()
                 resp.read()
                 row["status"] = resp.status

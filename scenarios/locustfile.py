@@ -61,7 +61,10 @@ phases: dict[str, float] = {}
 @events.init_command_line_parser.add_listener
 def add_options(parser: Any) -> None:
     parser.add_argument("--bench-path", default="/ping", help="URL template with {id}")
+    parser.add_argument("--bench-paths", default="", help="a JSON list of URL templates, one drawn per request (probe)")
     parser.add_argument("--bench-rows", type=int, default=1, help="ids are drawn from 1..rows")
+    parser.add_argument("--bench-id-min", type=int, default=1, help="ids are drawn from id-min..rows")
+    parser.add_argument("--bench-expect", default="", help="a 200 response must contain this text")
     parser.add_argument("--bench-warmup", type=float, default=0.0, help="seconds before statistics reset")
     parser.add_argument("--bench-timeout", type=float, default=10.0, help="a request slower than this fails")
     parser.add_argument(
@@ -438,10 +441,15 @@ class ItemUser(FastHttpUser):
 
     def on_start(self) -> None:
         options = _options(self.environment)
-        self.path, self.rows = options.bench_path, options.bench_rows
+        self.paths = json.loads(options.bench_paths) if options.bench_paths else [options.bench_path]
+        self.id_min, self.rows = options.bench_id_min, options.bench_rows
         self.check_body = bool(options.bench_check_body)
+        self.expect = options.bench_expect.encode()
+        # Headers come in the environment, not on the command line, where any process
+        # listing would show a token.
+        self.headers = json.loads(os.environ.get("BENCH_HEADERS") or "{}")
         # Locust's statistics group requests by this name, not by the random URL.
-        self.label = self.path.replace("{id}", ":id")
+        self.labels = {path: path.replace("{id}", ":id") for path in self.paths}
         self.rate = _rate_share(self.environment)
         if self.rate > 0:
             SCHEDULE.start(self.rate)
@@ -455,11 +463,16 @@ class ItemUser(FastHttpUser):
             if wait > 0:
                 gevent.sleep(wait)
             SCHEDULE.count(due, late=-wait * 1000 > LATE_MS)
-        item_id = random.randint(1, self.rows)
-        with self.client.get(self.path.format(id=item_id), name=self.label, catch_response=True) as resp:
+        item_id = random.randint(self.id_min, self.rows)
+        path = random.choice(self.paths) if len(self.paths) > 1 else self.paths[0]
+        with self.client.get(
+            path.format(id=item_id), name=self.labels[path], headers=self.headers or None, catch_response=True
+        ) as resp:
             # Status is checked by Locust; a cheap body check catches a wrong row under load.
             if self.check_body and resp.status_code == 200 and f'"id":{item_id},'.encode() not in (resp.content or b""):
                 resp.failure(f"wrong body for id {item_id}")
+            elif self.expect and resp.status_code == 200 and self.expect not in (resp.content or b""):
+                resp.failure("body without the expected text")
             if due is not None:
                 # Open loop: the latency a client sending on schedule would have seen.
                 resp.request_meta["response_time"] = (time.perf_counter() - due) * 1000

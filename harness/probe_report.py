@@ -1,0 +1,462 @@
+"""A probe run's REPORT.md, in its own run folder (never the top-level one), and the
+diagnosis it opens with: findings computed from the run's numbers, each naming the
+ledger pattern it matches and linking to that pair's section of the suite's REPORT.md.
+
+Each users level is one sample, so its figures carry no interval; the findings rest on
+exact counts (stalls caught, failures, backends, tokens) or on levels measured far from
+their thresholds, and say which.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, TypedDict
+
+from harness import store
+from harness.pairs import ANYIO_TOKENS, ROOT, STALL_MIN_MS, BenchError
+from harness.probe import shell_join
+
+# A level stalls the loop when its loop lag p99 (inside the server) reaches this.
+STALL_LAG_MS = STALL_MIN_MS
+# Backends at this share of max_connections leave no room for another worker or deploy.
+MAX_CONNECTIONS_SHARE = 0.8
+# The ledger sections a finding links to: pair heading anchors in the suite's REPORT.md.
+PATTERNS = {
+    "blocking": ("C11", "a blocking call in `async def` blocks the server", "blocking-c11"),
+    "deps": ("C1", "a sync (blocking) dependency or driver call on the event loop", "deps-c1"),
+    "stall": ("C6", "`def` endpoints waiting for worker threads and pool connections", "stall-c6"),
+    "def_endpoint": ("C2", "work in `def` endpoints runs in anyio's worker threads", "def_endpoint-c2"),
+    "sessions": ("C7", "sessions and connections that are not returned", "sessions-c7"),
+    "pool": ("C12", "connections opened per request instead of pooled", "pool-c12"),
+    "semaphore": ("C15", "bounding concurrent database work", "semaphore-c15"),
+}
+# Where a stack that blocked the loop shows a database driver: the `deps` pattern.
+DRIVER_MARKS = ("psycopg2", "psycopg", "sqlalchemy", "pymysql", "sqlite3", "redis", "requests", "urllib3")
+
+
+class Finding(TypedDict):
+    kind: str  # "loop stalls", "worker threads", "pool", "idle in transaction", "max_connections", "knee", "failures"
+    problem: bool  # False: information (the knee)
+    text: str
+    patterns: list[str]  # keys of PATTERNS
+
+
+def _levels(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in summary["variants"] if r.get("status") == "ok"]
+
+
+def _at(record: dict[str, Any]) -> str:
+    if record.get("mode") == "open":
+        return f"open loop at {record.get('rate') or 0:g} req/s"
+    users = record.get("users")
+    return f"{users} user" if users == 1 else f"{users} users"
+
+
+def _worst(records: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    known = [r for r in records if r.get(key) is not None]
+    return max(known, key=lambda r: r[key]) if known else None
+
+
+def diagnose(summary: dict[str, Any], manifest: dict[str, Any]) -> list[Finding]:
+    """The findings, problems first, each from this run's figures."""
+    records = _levels(summary)
+    findings: list[Finding] = []
+    findings += _stalls(summary, records)
+    by_sample = summary.get("by_sample") or {}
+    tokens = (summary.get("server") or {}).get("thread_tokens") or ANYIO_TOKENS
+    busiest = _worst(records, "threads_busy_peak")
+    if busiest is not None and busiest["threads_busy_peak"] >= tokens:
+        findings.append(
+            Finding(
+                kind="worker threads",
+                problem=True,
+                text=f"All {tokens} of anyio's worker-thread tokens were busy at {_at(busiest)} "
+                f"(peak {busiest['threads_busy_peak']}, mean {busiest.get('threads_busy_mean') or 0:.1f}): "
+                "`def` endpoints and sync dependencies queued for a thread.",
+                patterns=["stall", "def_endpoint"],
+            )
+        )
+    findings += _pool(records, by_sample)
+    idle = [(r, (by_sample.get(str(r.get("sample"))) or {}).get("idle_in_transaction_peak") or 0) for r in records]
+    idle = [(r, n) for r, n in idle if n > 0]
+    if idle:
+        record, peak = max(idle, key=lambda item: item[1])
+        findings.append(
+            Finding(
+                kind="idle in transaction",
+                problem=True,
+                text=f"{peak} backends sat `idle in transaction` at peak ({_at(record)}): sessions that hold a "
+                "transaction open while the request does other work keep their connections from the pool.",
+                patterns=["sessions"],
+            )
+        )
+    limit = int((manifest.get("database") or {}).get("max_connections") or 0)
+    crowded = _worst(records, "peak_connections")
+    if limit and crowded is not None and crowded["peak_connections"] >= MAX_CONNECTIONS_SHARE * limit:
+        findings.append(
+            Finding(
+                kind="max_connections",
+                problem=True,
+                text=f"{crowded['peak_connections']} backends at {_at(crowded)} against max_connections {limit} "
+                f"(at least {MAX_CONNECTIONS_SHARE:.0%}): another worker process or a deploy's overlap runs out.",
+                patterns=["pool", "semaphore"],
+            )
+        )
+    failures = [r for r in records if r.get("failures")]
+    if failures:
+        kinds: dict[str, int] = {}
+        for record in failures:
+            for kind, count in record.get("failure_kinds") or []:
+                kinds[kind] = kinds.get(kind, 0) + int(count)
+        worst = max(failures, key=lambda r: r.get("failure_rate") or 0)
+        listed = "; ".join(f"{n:,} x {kind}" for kind, n in sorted(kinds.items(), key=lambda i: -i[1])[:5])
+        findings.append(
+            Finding(
+                kind="failures",
+                problem=True,
+                text=f"Requests failed: {worst.get('failure_rate', 0):.1%} at {_at(worst)}. By kind: {listed}.",
+                patterns=[],
+            )
+        )
+    knee = summary.get("knee")
+    target = (manifest.get("target") or {}).get("p99_target_ms")
+    if knee:
+        text = f"The knee: {_at(knee)}, {knee['rps']:,.0f} req/s with p99 {knee['p99_ms']:,.0f} ms"
+    else:
+        text = "No level kept p99 under the target, so there is no knee"
+    findings.append(Finding(kind="knee", problem=False, text=f"{text} (target {target or 0:g} ms).", patterns=[]))
+    return findings
+
+
+def _stalls(summary: dict[str, Any], records: list[dict[str, Any]]) -> list[Finding]:
+    """A problem when some level's loop lag p99 reaches STALL_LAG_MS (the suite's own
+    stall threshold), with the stacks as evidence; stacks caught at a lower p99 (a
+    machine's scheduling hiccup can make one) are information only."""
+    stalls = summary.get("stalls") or {}
+    sites = stalls.get("sites") or []
+    laggy = _worst(records, "loop_lag_p99_ms")
+    stalled = laggy is not None and laggy["loop_lag_p99_ms"] >= STALL_LAG_MS
+    if not stalled and not sites:
+        return []
+    lag_text = f"loop lag p99 {laggy['loop_lag_p99_ms']:,.0f} ms at {_at(laggy)}" if laggy else "no loop lag measured"
+    if not stalled:
+        caught = sum(site["stalls"] for site in sites)
+        return [
+            Finding(
+                kind="brief stalls",
+                problem=False,
+                text=f"The watchdog caught {caught} brief stalls, the most at {sites[0]['where']} "
+                f"(`{sites[0]['function']}`), but they did not raise the loop lag ({lag_text}) to "
+                f"{STALL_LAG_MS:g} ms.",
+                patterns=[],
+            )
+        ]
+    if not sites:
+        return [
+            Finding(
+                kind="loop stalls",
+                problem=True,
+                text=f"The event loop lagged ({lag_text}), but the watchdog caught no stack above its threshold: "
+                "many short blocking calls, or CPU-bound work between awaits.",
+                patterns=["blocking"],
+            )
+        ]
+    top = sites[0]
+    driver = any(mark in frame.split(os.sep) or f"/{mark}/" in frame for frame in top["stack"] for mark in DRIVER_MARKS)
+    where = f"`{top['function']}` at {top['where']}" + (f" (`{top['code']}`)" if top["code"] else "")
+    share = f"{top['stalls']} of {stalls['captured']}"
+    blocked_in = "" if top["blocked_in"].startswith(top["where"]) else f", blocked in {top['blocked_in']}"
+    text = (
+        f"The event loop stalls ({lag_text}, threshold {STALL_LAG_MS:g} ms). The watchdog caught {stalls['captured']} "
+        f"stalls in the measured windows; {share} were in {where}{blocked_in}: {top['lag_ms_total']:,.0f} ms of lag "
+        f"in all, worst {top['lag_ms_max']:,.0f} ms."
+    )
+    if not top["in_app"]:
+        text += " No frame of that stack is in the app's folder: the call comes from a library."
+    patterns = ["deps", "blocking"] if driver else ["blocking"]
+    return [Finding(kind="loop stalls", problem=True, text=text, patterns=patterns)]
+
+
+def _pool(records: list[dict[str, Any]], by_sample: dict[str, Any]) -> list[Finding]:
+    """Exhaustion (checked out at size + overflow, or QueuePool timeouts) is a problem;
+    otherwise the pool's limit and its busiest level are information."""
+    findings: list[Finding] = []
+    busiest: tuple[int, dict[str, Any], dict[str, Any]] | None = None
+    for record in records:
+        extra = by_sample.get(str(record.get("sample"))) or {}
+        pools = extra.get("pools") or []
+        if not pools:
+            continue
+        pool = pools[0]
+        limit = (pool.get("size") or 0) + max(0, pool.get("max_overflow") or 0)
+        peak = extra.get("pool_checked_out_peak")
+        timeouts = sum(int(n) for kind, n in record.get("failure_kinds") or [] if "QueuePool limit" in str(kind))
+        if (limit and peak is not None and peak >= limit) or timeouts:
+            findings.append(
+                Finding(
+                    kind="pool",
+                    problem=True,
+                    text=f"The SQLAlchemy pool ({_pool_text(pool)}) was exhausted at {_at(record)}: "
+                    f"{peak} connections checked out at peak of {limit}"
+                    + (f", {timeouts:,} requests failed waiting for one" if timeouts else "")
+                    + ".",
+                    patterns=["stall", "sessions"],
+                )
+            )
+            return findings
+        if busiest is None or (peak or 0) > busiest[0]:
+            busiest = (peak or 0, record, pool)
+    if busiest is not None:
+        peak, record, pool = busiest
+        limit = (pool.get("size") or 0) + max(0, pool.get("max_overflow") or 0)
+        findings.append(
+            Finding(
+                kind="pool",
+                problem=False,
+                text=f"The SQLAlchemy pool: {_pool_text(pool)}; at most {peak} of its {limit or '?'} connections "
+                f"checked out (at {_at(record)}).",
+                patterns=[],
+            )
+        )
+    return findings
+
+
+def _pool_text(pool: dict[str, Any]) -> str:
+    parts = [str(pool.get("class", "pool"))]
+    if pool.get("size") is not None:
+        parts.append(f"size {pool['size']}")
+    if pool.get("max_overflow") is not None:
+        parts.append(f"overflow {pool['max_overflow']}")
+    if pool.get("timeout_s") is not None:
+        parts.append(f"timeout {pool['timeout_s']:g} s")
+    return ", ".join(parts)
+
+
+def _num(value: Any, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _link(run_dir: Path, pattern: str) -> str:
+    claim, words, anchor = PATTERNS[pattern]
+    top = os.path.relpath(ROOT / "REPORT.md", run_dir)
+    return f"[{claim} `{pattern}`]({top}#{anchor}) ({words})"
+
+
+def draw_charts(run_dir: Path, summary: dict[str, Any], target_ms: float) -> list[str]:
+    """The sweep (throughput and p99 against users, the knee circled) and, per load, the
+    loop lag and the backends by state over time; paths relative to the run folder."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from harness import charts
+    from harness.probe import PROBE_PAIR
+
+    drawn = []
+    closed = [r for r in summary["variants"] if r.get("status") == "ok" and r.get("mode") == "closed"]
+    swept: Any = {"variant": "app", "role": "reference", "levels": closed, "knee": summary.get("knee")}
+    if len(closed) > 1 and charts.chart_levels(PROBE_PAIR, [swept], target_ms, run_dir / "charts" / "sweep.png"):
+        drawn.append("charts/sweep.png")
+    measured = [r for r in summary["variants"] if r.get("status") == "ok"]
+    if not measured:
+        return drawn
+    fig, (lag_ax, db_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for record in measured:
+        folder = run_dir / "samples" / str(record["sample"])
+        start = store.read_phases(folder).get("measure_start")
+        if start is None:
+            continue
+        for name, axis, column in (("loop_lag.csv", lag_ax, "lag_ms"), ("connections.csv", db_ax, "total")):
+            path = store.raw(folder, name)
+            if not path.is_file():
+                continue
+            frame = pd.read_csv(path)
+            frame = frame[frame["time"] >= start]
+            if column in frame and len(frame):
+                axis.plot(frame["time"] - start, frame[column].clip(lower=0), label=_at(record), linewidth=0.8)
+    lag_ax.set_title("Event-loop lag (ms) from the end of the warm-up")
+    db_ax.set_title("Backends on the app's database")
+    for axis in (lag_ax, db_ax):
+        axis.set_xlabel("seconds")
+        axis.legend(fontsize=8)
+    charts._save(fig, "probe: over time", run_dir / "charts" / "over_time.png")
+    drawn.append("charts/over_time.png")
+    return drawn
+
+
+def render(run_dir: Path) -> Path:
+    """REPORT.md in the probe's run folder, from its stored files only."""
+    manifest = store.read_json(run_dir / "manifest.json")
+    if manifest.get("kind") != "probe":
+        raise BenchError(f"{run_dir} is not a probe run")
+    if not (run_dir / "summary.json").is_file():
+        raise BenchError(f"{run_dir} has no summary.json: the probe measured nothing")
+    summary = store.read_json(run_dir / "summary.json")
+    target = manifest["target"]
+    server = summary.get("server") or {}
+    packages = server.get("packages") or {}
+    lines = [
+        f"# Probe of `{target['app']}`",
+        "",
+        f"Measured {manifest['started']} ({manifest['status']}) with `{shell_join(manifest.get('command') or [])}`.",
+        "",
+        f"- App folder: `{target['app_dir']}`; interpreter `{target['python']}` (Python {server.get('python', '?')}, "
+        + ", ".join(f"{name} {version}" for name, version in packages.items())
+        + f"; event loop `{server.get('loop', '?')}`).",
+        f"- Paths: {', '.join(f'`{p}`' for p in target['paths'])}"
+        + (f", ids {target['ids'][0]}-{target['ids'][1]}" if any("{id}" in p for p in target["paths"]) else "")
+        + (f"; headers sent: {', '.join(target['headers'])}" if target["headers"] else "")
+        + ".",
+        f"- Database: {_database(manifest)}.",
+        f"- Machine: {manifest['environment']['cpu_model']}, {manifest['environment']['cpu_count']} CPUs.",
+        "",
+        "## Diagnosis",
+        "",
+    ]
+    findings = summary.get("diagnosis") or []
+    problems = [f for f in findings if f["problem"]]
+    if not problems:
+        lines += ["No problem found: no loop stall, worker-thread saturation, pool exhaustion, backend idle in "
+                  "transaction, crowding of max_connections or failure in this run.", ""]  # fmt: skip
+    for finding in findings:
+        links = "; ".join(_link(run_dir, p) for p in finding["patterns"])
+        marker = "**" + finding["kind"].capitalize() + ".**"
+        lines.append(f"- {marker} {finding['text']}" + (f" Matches {links}." if links else ""))
+    lines += [
+        "",
+        "Each level is one sample: its figures have no interval, and a figure near a threshold is not a finding "
+        "until a second run agrees (`bench.py compare` between two probe runs). Counts (stalls caught, failures, "
+        "backends, tokens) are exact for this run.",
+        "",
+    ]
+    lines += _stall_section(summary)
+    lines += _levels_section(summary)
+    lines += [f"![probe chart]({chart})" for chart in draw_charts(run_dir, summary, target["p99_target_ms"])] + [""]
+    lines += _paths_section(summary)
+    lines += _resources_section(summary)
+    warned = list(dict.fromkeys(w for r in summary["variants"] for w in r.get("warnings") or []))
+    if warned:
+        lines += ["## Warnings the app printed", "", *[f"- `{w}`" for w in warned], ""]
+    failed = [r for r in summary["variants"] if r.get("status") != "ok"]
+    if failed:
+        lines += ["## Samples that failed", "", *[f"- `{r['variant']}`: {r.get('error')}" for r in failed], ""]
+    lines += [
+        "## How it was measured",
+        "",
+        "The app ran unchanged under `apps/probe_wrapper.py`, a thin ASGI wrapper that adds the probe's `/ping` "
+        f"(under `{manifest.get('prefix')}`), the loop-lag monitor with anyio's worker-thread tokens, SQLAlchemy "
+        "pool counts where the app has an engine, and the stack watchdog: a thread that, while the loop is more "
+        f"than {summary['watchdog']['threshold_ms']:g} ms late, reads the loop thread's stack "
+        "(`sys._current_frames()`). Each level is a fresh server: a closed-loop users sweep, then open loop at "
+        f"{(manifest.get('open_loop') or {}).get('why', '70% of the knee')}. `pg_stat_activity` is sampled by state, "
+        "read-only: the probe never ends a session or writes to the app's database unless asked with `--seed-*`.",
+        "",
+    ]
+    path = run_dir / "REPORT.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _database(manifest: dict[str, Any]) -> str:
+    db = manifest.get("database") or {}
+    where = "the embedded PostgreSQL (a fresh database)" if db.get("source") == "embedded" else f"`{db.get('dsn')}`"
+    return (
+        f"{where}, PostgreSQL {db.get('server_version', '?')}, max_connections {db.get('max_connections', '?')}; "
+        f"prepared {db.get('prepared', 'not by the probe')}"
+    )
+
+
+def _stall_section(summary: dict[str, Any]) -> list[str]:
+    stalls = summary.get("stalls") or {}
+    sites = stalls.get("sites") or []
+    lines = ["## What blocked the event loop", ""]
+    if not sites:
+        missed = stalls.get("missed") or 0
+        return [*lines, f"The watchdog caught no stall in the measured windows ({missed} too short to catch).", ""]
+    lines += [
+        "Stacks the watchdog captured while the loop was late, by the line of the app they were on "
+        f"({stalls['captured']} stalls caught in the measured windows, "
+        f"{stalls.get('missed') or 0} too short to catch):",
+        "",
+        "| # | where | code | stalls | lag in all (ms) | worst (ms) | blocked in |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for rank, site in enumerate(sites[:10], 1):
+        where = f"`{site['where']}` `{site['function']}`" + ("" if site["in_app"] else " (library)")
+        code = f"`{site['code']}`" if site["code"] else ""
+        lines.append(
+            f"| {rank} | {where} | {code} | {site['stalls']:,} | {site['lag_ms_total']:,.0f} | "
+            f"{site['lag_ms_max']:,.0f} | `{site['blocked_in']}` |"
+        )
+    top = sites[0]
+    lines += ["", f"The most frequent stack (innermost first), as captured at {top['where']}:", "", "```"]
+    lines += [*top["stack"], "```", ""]
+    return lines
+
+
+def _levels_section(summary: dict[str, Any]) -> list[str]:
+    tokens = (summary.get("server") or {}).get("thread_tokens") or ANYIO_TOKENS
+    lines = [
+        "## Load",
+        "",
+        "| load | req/s | p50 ms | p99 ms | failures | loop lag p99 ms | /ping p99 ms "
+        f"| threads busy peak (of {tokens}) | backends peak |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["variants"]:
+        if r.get("status") != "ok":
+            lines.append(f"| {_at(r)} | failed: {r.get('error')} |||||||")
+            continue
+        lines.append(
+            f"| {_at(r)} | {_num(r['rps'])} | {_num(r['p50_ms'])} | {_num(r['p99_ms'])} | "
+            f"{r['failures']:,} ({r['failure_rate']:.1%}) | {_num(r['loop_lag_p99_ms'])} | {_num(r['ping_p99_ms'])} | "
+            f"{_num(r['threads_busy_peak'])} | {_num(r['peak_connections'])} |"
+        )
+    knee = summary.get("knee")
+    lines += [
+        "",
+        f"Knee: {_at(knee)}, {knee['rps']:,.0f} req/s at p99 {knee['p99_ms']:,.0f} ms."
+        if knee
+        else "Knee: none (no level kept p99 under the target).",
+        "",
+    ]
+    return lines
+
+
+def _paths_section(summary: dict[str, Any]) -> list[str]:
+    rows = []
+    for record in summary["variants"]:
+        for path in ((summary.get("by_sample") or {}).get(str(record.get("sample"))) or {}).get("paths") or []:
+            rows.append(
+                f"| {_at(record)} | `{path['path']}` | {path['requests']:,} | {path['failures']:,} | "
+                f"{_num(path['p50_ms'])} | {_num(path['p99_ms'])} |"
+            )
+    if len(rows) <= len(summary["variants"]):  # one path: the load table says it all
+        return []
+    return [
+        "## Per path",
+        "",
+        "Locust's own figures per path (its percentiles over the whole load, warm-up included):",
+        "",
+        "| load | path | requests | failures | p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
+def _resources_section(summary: dict[str, Any]) -> list[str]:
+    lines = []
+    for record in summary["variants"]:
+        extra = (summary.get("by_sample") or {}).get(str(record.get("sample"))) or {}
+        pools = extra.get("pools") or []
+        if pools:
+            lines.append(
+                f"- {_at(record)}: pool {_pool_text(pools[0])}; checked out at peak "
+                f"{_num(extra.get('pool_checked_out_peak'))}; idle in transaction at peak "
+                f"{_num(extra.get('idle_in_transaction_peak'))}"
+                + (f" ({len(pools)} pools found; the first is watched)" if len(pools) > 1 else "")
+            )
+    if not lines:
+        return []
+    return ["## Pool", "", *lines, ""]

@@ -1,0 +1,586 @@
+"""`bench.py probe`: the stack watchdog, the wrapper around a user's app, bad input, and
+a short probe of the example app (tests/probe_example/)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from packaging.requirements import Requirement
+
+from apps.watchdog import StackWatchdog
+from harness import probe, probe_report, store
+from harness.database import Database
+from harness.pairs import ROOT
+from harness.procs import ManagedProcess, free_port, http_ok
+
+EXAMPLE = ROOT / "tests" / "probe_example"
+EXAMPLE_APP = EXAMPLE / "app.py"
+
+
+def line_of(path: Path, marker: str) -> int:
+    """The line number of the one line holding `marker`."""
+    found = [n for n, line in enumerate(path.read_text().splitlines(), 1) if marker in line]
+    assert len(found) == 1, f"{marker!r} must be on exactly one line of {path}"
+    return found[0]
+
+
+BLOCKING_LINE = line_of(EXAMPLE_APP, "# the blocking line")
+
+
+def bench(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "bench.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def assert_one_line_exit_2(result: subprocess.CompletedProcess[str], message: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr, result.stderr
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that name `text` (a run's unique folder)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info.get("cmdline") or [])
+        if text in cmdline and proc.pid != psutil.Process().pid:
+            found.append(cmdline)
+    return found
+
+
+# --- the watchdog, in this process ----------------------------------------------------
+
+
+def _stalls(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _in_main(stall: dict[str, Any]) -> bool:
+    """Whether the loop was inside this file's `main` coroutine when it stalled."""
+    return any(frame[0] == __file__ and frame[2] == "main" for _, stack in stall["samples"] for frame in stack)
+
+
+def test_watchdog_captures_the_line_that_blocked_the_loop_and_the_lag_it_caused(tmp_path: Path) -> None:
+    out = tmp_path / "stalls.jsonl"
+
+    async def main() -> None:
+        watchdog = StackWatchdog(str(out), threshold_ms=20)
+        watchdog.start()
+        await asyncio.sleep(0.05)
+        for _ in range(3):
+            time.sleep(0.12)  # blocks the loop here
+            await asyncio.sleep(0.05)  # the heartbeat comes back and ends the stall
+        watchdog.stop()
+
+    asyncio.run(main())
+    # Only stalls inside main: a busy machine may delay the idle loop's own wake-ups too.
+    stalls = [s for s in _stalls(out) if _in_main(s)]
+    assert len(stalls) == 3
+    here = line_of(Path(__file__), "# blocks the loop" + " here")  # split: this line must not match
+    for stall in stalls:
+        count, stack = stall["samples"][0]
+        assert count >= 2  # sampled more than once while it lasted
+        assert stack[0][:3] == [__file__, here, "main"]
+        assert 100 <= stall["lag_ms"] <= 200  # 120 ms of blocking, less the heartbeat's period
+
+
+def test_watchdog_stays_quiet_on_a_loop_that_only_awaits(tmp_path: Path) -> None:
+    out = tmp_path / "stalls.jsonl"
+
+    async def main() -> dict[str, Any]:
+        watchdog = StackWatchdog(str(out), threshold_ms=20)
+        watchdog.start()
+        for _ in range(20):
+            time.sleep(0.002)  # well under the threshold
+            await asyncio.sleep(0.01)
+        watchdog.stop()
+        return watchdog.summary()
+
+    summary = asyncio.run(main())
+    assert [s for s in _stalls(out) if _in_main(s)] == []
+    assert summary["stalls_captured"] == len(_stalls(out))
+
+
+# --- what a run's stored files show --------------------------------------------------
+
+
+def _sample_folder(run_dir: Path, sample: str, stalls: list[dict[str, Any]], info: dict[str, Any]) -> None:
+    folder = run_dir / "samples" / sample
+    folder.mkdir(parents=True)
+    (folder / "phases.json").write_text(json.dumps({"measure_start": 1000.0, "load_stop": 1010.0}))
+    (folder / "stalls.jsonl").write_text("".join(json.dumps(s) + "\n" for s in stalls) + '{"cut short')
+    store.write_json(folder / "server_info.json", info)
+
+
+def test_stalls_are_credited_to_the_apps_own_line_not_the_library_it_called(tmp_path: Path) -> None:
+    app_dir = tmp_path / "project"
+    (app_dir / "app").mkdir(parents=True)
+    (app_dir / "app" / "crud.py").write_text("def get_user(db):\n    return db.execute('SELECT 1')\n")
+    venv_lib = str(app_dir / ".venv" / "lib" / "python3.11" / "site-packages")
+    driver = [f"{venv_lib}/psycopg/cursor.py", 732, "execute"]
+    in_app = [str(app_dir / "app" / "crud.py"), 2, "get_user"]
+    route = [str(app_dir / "app" / "main.py"), 10, "read_user"]
+    other = [str(app_dir / "app" / "main.py"), 20, "slow"]
+    stalls = [
+        {"time": 1001.0, "lag_ms": 80.0, "samples": [[3, [driver, in_app, route]], [1, [route]]]},
+        {"time": 1002.0, "lag_ms": 120.0, "samples": [[4, [driver, in_app, route]]]},
+        {"time": 1003.0, "lag_ms": 30.0, "samples": [[1, [other]]]},
+        {"time": 999.0, "lag_ms": 5000.0, "samples": [[9, [other]]]},  # start-up, before the window
+    ]
+    _sample_folder(tmp_path / "run", "closed-u10-b1", stalls, {"library_paths": [venv_lib], "watchdog": {}})
+    found = probe.stall_sites(tmp_path / "run", [{"sample": "closed-u10-b1"}], app_dir)  # type: ignore[list-item]
+    assert found["captured"] == 3
+    top, second = found["sites"]
+    assert (top["where"], top["function"], top["in_app"]) == ("app/crud.py:2", "get_user", True)
+    assert top["code"] == "return db.execute('SELECT 1')"
+    assert top["blocked_in"].endswith("psycopg/cursor.py:732 execute")
+    assert (top["stalls"], top["lag_ms_total"], top["lag_ms_max"]) == (2, 200.0, 120.0)
+    assert (second["where"], second["stalls"]) == ("app/main.py:20", 1)
+
+
+def _summary(**overrides: Any) -> dict[str, Any]:
+    level = {
+        "status": "ok", "mode": "closed", "users": 10, "sample": "closed-u10-b1", "rps": 500.0, "p50_ms": 5.0,
+        "p99_ms": 20.0, "failures": 0, "failure_rate": 0.0, "failure_kinds": [], "loop_lag_p99_ms": 2.0,
+        "threads_busy_peak": 3, "threads_busy_mean": 1.0, "peak_connections": 5,
+    }  # fmt: skip
+    summary: dict[str, Any] = {
+        "variants": [level | overrides.pop("level", {})],
+        "server": {"thread_tokens": 40},
+        "stalls": {"captured": 0, "missed": 0, "sites": []},
+        "by_sample": {"closed-u10-b1": {"pools": [], "idle_in_transaction_peak": 0}},
+        "knee": {"users": 10, "rps": 500.0, "p99_ms": 20.0},
+    }
+    return summary | overrides
+
+
+MANIFEST = {"database": {"max_connections": "100"}, "target": {"p99_target_ms": 100.0}}
+
+
+def test_a_healthy_app_gets_a_clean_bill_with_the_knee_as_information() -> None:
+    findings = probe_report.diagnose(_summary(), MANIFEST)
+    assert [f["kind"] for f in findings] == ["knee"]
+    assert not findings[0]["problem"]
+
+
+def test_diagnosis_names_the_blocking_line_the_exhausted_pool_and_the_busy_threads() -> None:
+    site = {
+        "where": "app/crud.py:2", "function": "get_user", "code": "db.execute()", "in_app": True,
+        "blocked_in": "/venv/site-packages/psycopg/cursor.py:732 execute", "stalls": 40, "lag_ms_total": 2400.0,
+        "lag_ms_max": 90.0, "stack": ["/venv/site-packages/psycopg/cursor.py:732 execute", "app/crud.py:2 get_user"],
+    }  # fmt: skip
+    summary = _summary(
+        level={"loop_lag_p99_ms": 85.0, "threads_busy_peak": 40, "failures": 7, "failure_rate": 0.01,
+               "failure_kinds": [["QueuePool limit of size 5 overflow 10 reached", 7]]},
+        stalls={"captured": 50, "missed": 2, "sites": [site]},
+        by_sample={"closed-u10-b1": {"pools": [{"class": "QueuePool", "size": 5, "max_overflow": 10}],
+                                     "pool_checked_out_peak": 15, "idle_in_transaction_peak": 3}},
+    )  # fmt: skip
+    findings = {f["kind"]: f for f in probe_report.diagnose(summary, MANIFEST)}
+    assert {"loop stalls", "worker threads", "pool", "idle in transaction", "failures", "knee"} <= set(findings)
+    stall = findings["loop stalls"]
+    assert "`get_user` at app/crud.py:2" in stall["text"] and "40 of 50" in stall["text"]
+    assert stall["patterns"] == ["deps", "blocking"]  # a driver in the stack: the sync-dependency pattern
+    assert "15 connections checked out at peak of 15" in findings["pool"]["text"]
+    assert "7 requests failed waiting" in findings["pool"]["text"]
+    assert "max_connections" not in findings
+
+
+# --- the pieces that read what the user gave ------------------------------------------
+
+
+def test_env_file_reads_dotenv_lines(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("# settings\n\nexport A=1\nB = \"two words\"\nC='x=y'\nD=plain # a comment\nE=\n")
+    assert probe.parse_env_file(env) == {"A": "1", "B": "two words", "C": "x=y", "D": "plain", "E": ""}
+
+
+@pytest.mark.parametrize(
+    ("body", "expect", "found"),
+    [
+        (b'{"id": 3, "user": {"name": "x"}}', "json:user.name", True),
+        (b'{"id": 3, "user": {"name": "x"}}', "json:user.email", False),
+        (b'[{"id": 3}, {"id": 4}]', "json:id", True),
+        (b"not json", "json:id", False),
+        (b"<h1>Welcome</h1>", "Welcome", True),
+        (b"<h1>Welcome</h1>", "Goodbye", False),
+    ],
+)
+def test_expect_checks_a_json_key_or_a_text(body: bytes, expect: str, found: bool) -> None:
+    assert probe.check_expect(body, expect) is found
+
+
+def test_sqlalchemy_urls_are_read_as_libpq_urls() -> None:
+    assert probe.harness_dsn("postgresql+psycopg://u:p@h:5/db") == "postgresql://u:p@h:5/db"
+    assert probe.harness_dsn("postgresql+asyncpg://u@h/db") == "postgresql://u@h/db"
+    assert probe.harness_dsn("postgres://u@h/db") == "postgres://u@h/db"
+
+
+def test_stored_commands_hide_header_values_and_passwords() -> None:
+    from harness.cli import _hide_headers
+
+    argv = ["bench.py", "probe", "--header", "Authorization: Bearer s3cret", "--header=X-Key: k3y",
+            "--dsn", "postgresql://u:pw@h/db"]  # fmt: skip
+    shown = " ".join(_hide_headers(argv))
+    assert "s3cret" not in shown and "k3y" not in shown and "pw@" not in shown
+    assert "Authorization: ***" in shown and "--header=X-Key: ***" in shown
+
+
+def test_a_start_failure_is_explained_in_one_line(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text("ERROR:    [Errno 98] error while attempting to bind on address: address already in use\n")
+    assert probe.explain_start_failure(log, 8123, "x") == (
+        "127.0.0.1:8123 is in use; choose another --port, or leave --port out"
+    )
+    log.write_text(
+        'ERROR:    Traceback (most recent call last):\n  File "db.py", line 3, in startup\n'
+        'psycopg.errors.FeatureNotSupported: extension "uuid-ossp" is not available\n'
+        "ERROR:    Application startup failed. Exiting.\n"
+    )
+    assert "needs the PostgreSQL extension uuid-ossp" in probe.explain_start_failure(log, 1, "x")
+    log.write_text(
+        "ERROR:    Traceback (most recent call last):\n    raise RuntimeError('no')\n"
+        "RuntimeError: the cache is not configured\nERROR:    Application startup failed. Exiting.\n"
+    )
+    assert (
+        probe.explain_start_failure(log, 1, "x")
+        == "the app's start-up failed: RuntimeError: the cache is not configured"
+    )
+    log.write_text("nothing useful\nat all\n")
+    assert probe.explain_start_failure(log, 1, "it exited\nwith status 1") == "it exited with status 1"
+
+
+# --- bad input, before anything starts ------------------------------------------------
+
+
+BASE = ["probe", "--app", "app:app", "--app-dir", str(EXAMPLE)]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["probe"], "name the app with --app"),
+        (["probe", "--app", "nocolon", "--path", "/"], "--app must be package.module:attribute"),
+        (["probe", "--app", "app:app", "--app-dir", "/no/such/folder", "--path", "/"], "is not a folder"),
+        (BASE, "name at least one --path"),
+        ([*BASE, "--path", "healthy"], "--path must start with '/'"),
+        ([*BASE, "--path", "/items/{item_id}", "--ids", "1-5"], "only {id} is filled in, not {item_id}"),
+        ([*BASE, "--path", "/healthy/{id}"], "give the range it is drawn from with --ids A-B"),
+        ([*BASE, "--path", "/healthy/{id}", "--ids", "10-1"], "the first id must not be above the last"),
+        ([*BASE, "--path", "/healthy/{id}", "--ids", "many"], "--ids must be a range A-B"),
+        ([*BASE, "--path", "/", "--header", "NoColonHere"], "--header must be 'Name: value'"),
+        ([*BASE, "--path", "/", "--env-file", "/no/such/.env"], "--env-file /no/such/.env: cannot read"),
+        ([*BASE, "--path", "/", "--python", "/no/such/python"], "--python /no/such/python: no such interpreter"),
+        ([*BASE, "--path", "/", "--dsn", "mysql://u:secret@h/db"], "--dsn must be a postgresql:// URL"),
+        ([*BASE, "--path", "/", "--users", "0"], "argument --users: must be greater than 0"),
+        ([*BASE, "--path", "/", "--users", "1,99999"], "argument --users: must be at most 2000 users"),
+        ([*BASE, "--path", "/", "--duration", "inf"], "argument --duration: expected a finite number"),
+        ([*BASE, "--path", "/", "--port", "99999"], "--port must be at most 65535"),
+        ([*BASE, "--path", "/", "--stall-ms", "0"], "--stall-ms must be greater than 0"),
+        (["probe", "/no/such/target.toml"], "/no/such/target.toml: cannot read"),
+        ([*BASE, "--path", "/", "--ui-minutes", "5"], "--ui-minutes goes with --ui"),
+        (["probe", "--variant", "blocking/async-blockin"], "did you mean 'async-blocking'"),
+        (["probe", "--variant", "gather/gather"], "calls the stub upstream"),
+        (["probe", "--variant", "blocking"], "--variant takes pair/variant"),
+        ([*BASE, "--path", "/", "--ui", "--ui-minutes", "1e6"], "--ui-minutes must be at most 600 minutes"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = bench(*args)
+    assert_one_line_exit_2(result, message)
+    assert "secret" not in result.stderr  # a DSN's password is never shown
+
+
+def test_env_file_errors_name_the_line_but_not_its_content(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("# comment\nGOOD=1\nthis line holds a token-like secret\n")
+    result = bench(*BASE, "--path", "/", "--env-file", str(env))
+    assert_one_line_exit_2(result, f"{env}:3: expected NAME=VALUE")
+    assert "secret" not in result.stderr
+
+
+def test_target_file_fields_are_checked_like_options(tmp_path: Path) -> None:
+    target = tmp_path / "target.toml"
+    target.write_text('app = "app:app"\npaths = ["/healthy/{id}"]\nuserz = [1, 10]\n')
+    assert_one_line_exit_2(bench("probe", str(target)), "unknown field 'userz'")
+    target.write_text('app = "app:app"\npaths = ["/healthy/{id}"]\nids = "1-9"\nusers = [0]\n')
+    assert_one_line_exit_2(bench("probe", str(target)), "argument --users: must be greater than 0")
+
+
+def test_a_busy_port_is_refused_before_anything_starts() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = bench(*BASE, "--path", "/", "--port", str(port))
+    assert_one_line_exit_2(result, f"127.0.0.1:{port} is in use")
+
+
+def test_an_unreachable_database_is_one_line_and_leaves_no_run_behind(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    dsn = f"postgresql://probe:hunter2@127.0.0.1:{free_port()}/app"
+    result = bench(*BASE, "--path", "/", "--dsn", dsn, "--out", str(out))
+    assert_one_line_exit_2(result, "cannot reach PostgreSQL at postgresql://probe:***@127.0.0.1")
+    assert "hunter2" not in result.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_target_file_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    target = tmp_path / "target.toml"
+    target.write_text(f'app = "app:app"\napp_dir = "{EXAMPLE}"\npaths = ["/x"]\nenv_file = "missing.env"\n')
+    assert_one_line_exit_2(bench("probe", str(target)), f"--env-file {tmp_path / 'missing.env'}: cannot read")
+
+
+# --- the wrapper around a real server -------------------------------------------------
+
+
+@pytest.fixture
+def wrapped(tmp_path: Path) -> Iterator[tuple[int, str, Path]]:
+    """The example app under the wrapper with the suite's interpreter: (port, prefix, out)."""
+    with _serve(sys.executable, tmp_path) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def _serve(python: str, tmp_path: Path, app: str = "app:app") -> Iterator[tuple[int, str, Path]]:
+    port, prefix, out = free_port(), "/__bench_probe_test__", tmp_path / "out"
+    argv = [python, str(probe.WRAPPER), "--app", app, "--app-dir", str(EXAMPLE), "--port", str(port),
+            "--prefix", prefix, "--out", str(out), "--stall-ms", "20"]  # fmt: skip
+    server = ManagedProcess("wrapped example", argv, tmp_path / "server.log", {"PATH": "/usr/bin:/bin"}, EXAMPLE)
+    with server:
+        server.wait_until(lambda: http_ok(f"http://127.0.0.1:{port}{prefix}/ping"), 30, "answering /ping")
+        yield port, prefix, out
+
+
+def _get(port: int, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def _exercise_and_check(port: int, prefix: str, out: Path) -> dict[str, Any]:
+    """/ping, the app's own routes unchanged, three blocking requests; returns /counts."""
+    assert _get(port, f"{prefix}/ping") == {"pong": True}
+    assert _get(port, "/healthy/7") == {"id": 7}
+    for item in range(3):
+        assert _get(port, f"/blocking/{item}") == {"id": item}
+        time.sleep(0.05)  # the heartbeat ends the stall before the next one
+    counts = _get(port, f"{prefix}/counts")
+    assert counts["thread_tokens"] == 40
+    assert counts["watchdog"]["stalls_captured"] >= 3
+    stalls = _stalls(out / "stalls.jsonl")
+    blocking = [s for s in stalls if s["samples"][0][1][0][:3] == [str(EXAMPLE_APP), BLOCKING_LINE, "blocking"]]
+    assert len(blocking) >= 3, stalls
+    assert all(40 <= s["lag_ms"] <= 200 for s in blocking)  # 60 ms of blocking each
+    return counts
+
+
+@pytest.mark.slow
+def test_wrapper_serves_the_app_unchanged_with_ping_counts_and_the_blocking_line(
+    wrapped: tuple[int, str, Path],
+) -> None:
+    port, prefix, out = wrapped
+    counts = _exercise_and_check(port, prefix, out)
+    assert counts["pools"] == []  # the example has no SQLAlchemy engine
+    assert "fastapi" in counts["packages"]
+    deadline = time.monotonic() + 3  # the monitor writes in batches, every 0.5 s
+    while len(lags := (out / "loop_lag.csv").read_text().splitlines()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert lags[0].startswith("time,lag_ms,threads_busy") and len(lags) > 1
+
+
+def _minimal_venv(root: Path, packages: tuple[str, ...]) -> str:
+    """A virtualenv holding only `packages` and what they require (no extras): linked
+    from this suite's environment, so no download is needed, but nothing else (no
+    Locust, pandas, psycopg2 or the suite itself) is importable."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=60)
+    site = next((root / "lib").glob("python3*/site-packages"))
+    wanted, seen = list(packages), set()
+    while wanted:
+        name = wanted.pop().lower().replace("_", "-")
+        if name in seen:
+            continue
+        seen.add(name)
+        dist = metadata.distribution(name)
+        for requirement in map(Requirement, dist.requires or []):
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                wanted.append(requirement.name)
+        tops = {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")} - {"__pycache__"}
+        for top in tops:
+            source = Path(str(dist.locate_file(top)))
+            if source.exists() and not (site / top).exists():
+                (site / top).symlink_to(source)
+    return str(root / "bin" / "python")
+
+
+@pytest.mark.slow
+def test_wrapper_needs_only_fastapi_and_uvicorn_in_the_apps_own_interpreter(tmp_path: Path) -> None:
+    python = _minimal_venv(tmp_path / "venv", ("fastapi", "uvicorn"))
+    for absent in ("locust", "pandas", "psycopg2", "harness", "sqlalchemy"):
+        check = subprocess.run([python, "-c", f"import {absent}"], capture_output=True, cwd=tmp_path, check=False)
+        assert check.returncode != 0, f"{absent} must not be importable in the minimal venv"
+    with _serve(python, tmp_path) as (port, prefix, out):
+        counts = _exercise_and_check(port, prefix, out)
+    assert counts["executable"] == python
+
+
+# --- bad input that needs the app started ---------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--app", "broken:app", "--path", "/"],
+         "broken does not import: ModuleNotFoundError: No module named 'a_module_that_is_not_installed_anywhere'"),
+        (["--app", "needs_env:app", "--path", "/"], "needs the environment variable PROBE_EXAMPLE_SECRET"),
+        (["--app", "app:nothing", "--path", "/"], "app has no attribute 'nothing'"),
+        (["--app", "nowhere:app", "--path", "/"], "No module named 'nowhere' (is --app-dir the project's folder?"),
+        (["--app", "app:app", "--path", "/missing/{id}", "--ids", "1-9"], "answered 404"),
+        (["--app", "app:app", "--path", "/private"], "GET /private answered 401: the app wants credentials"),
+        (["--app", "app:app", "--path", "/healthy/{id}", "--ids", "1-9", "--expect", "json:name"],
+         "answered 200 without 'json:name' in its body"),
+    ],
+)  # fmt: skip
+def test_an_app_that_cannot_be_probed_is_one_line_and_leaves_no_process(
+    db: Database, tmp_path: Path, args: list[str], message: str
+) -> None:
+    out = tmp_path / "run"
+    result = bench("probe", "--app-dir", str(EXAMPLE), *args, "--dsn", db.dsn, "--out", str(out), "--users", "1")
+    assert_one_line_exit_2(result, message)
+    assert processes_mentioning(str(out)) == []
+    assert not any(out.iterdir())  # nothing measured: nothing kept
+
+
+@pytest.mark.slow
+def test_an_interpreter_without_uvicorn_is_named_with_the_package_that_brings_it(db: Database, tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True, timeout=60)
+    python = str(tmp_path / "bare" / "bin" / "python")
+    out = tmp_path / "run"
+    result = bench(*BASE, "--path", "/", "--python", python, "--dsn", db.dsn, "--out", str(out))
+    assert_one_line_exit_2(result, f"{python} has no uvicorn")
+    assert "fastapi[standard]" in result.stderr
+    assert processes_mentioning(str(out)) == []
+
+
+# --- a probe run, short --------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_probe_names_the_blocking_line_with_its_lag_in_a_run_of_its_own(db: Database, tmp_path: Path) -> None:
+    top_report = (ROOT / "REPORT.md").read_text()
+    out = tmp_path / "run"
+    result = bench(
+        *BASE, "--path", "/healthy/{id}", "--path", "/blocking/{id}", "--path", "/private", "--ids", "1-100",
+        "--header", "Authorization: Bearer let-me-in", "--users", "1,4", "--duration", "2", "--stall-ms", "20",
+        "--dsn", db.dsn, "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"report: {out / 'REPORT.md'}" in result.stdout
+    # The header reached the app (verification and load passed), and its value was stored nowhere.
+    manifest = store.read_json(out / "manifest.json")
+    assert "let-me-in" not in json.dumps(manifest) and manifest["target"]["headers"] == ["Authorization"]
+    summary = store.read_json(out / "summary.json")
+    assert [r["variant"].split("-b")[0] for r in summary["variants"]][:2] == ["closed-u1", "closed-u4"]
+    assert summary["variants"][-1]["mode"] == "open" and summary["variants"][-1]["status"] == "ok"
+    top = summary["stalls"]["sites"][0]
+    assert (top["where"], top["function"], top["in_app"]) == (f"app.py:{BLOCKING_LINE}", "blocking", True)
+    assert top["stalls"] >= 10 and top["lag_ms_max"] >= 40
+    stall = next(f for f in summary["diagnosis"] if f["kind"] == "loop stalls")
+    assert f"`blocking` at app.py:{BLOCKING_LINE}" in stall["text"]
+    four = summary["variants"][1]
+    assert four["failures"] == 0  # /private too: the token went with every request
+    assert four["loop_lag_p99_ms"] >= 40 and four["ping_p99_ms"] >= 40  # the healthy route's loop waits too
+    report = (out / "REPORT.md").read_text()
+    assert f"`app.py:{BLOCKING_LINE}` `blocking`" in report and "time.sleep(BLOCK_S)" in report
+    assert (out / "charts" / "sweep.png").is_file() and "charts/over_time.png" in report
+    assert (ROOT / "REPORT.md").read_text() == top_report  # never the top-level report
+    # The read-only promise: nothing was created in the database the probe sampled.
+    assert manifest["database"]["prepared"].startswith("not by the probe")
+    # Before and after: compare reads two probe runs like any others.
+    compared = bench("compare", str(out), str(out))
+    assert compared.returncode == 0, compared.stderr
+    assert "probe/closed-u4-b1" in compared.stdout
+
+
+@pytest.mark.slow
+def test_a_healthy_app_gets_a_clean_bill(db: Database, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = bench(
+        *BASE, "--path", "/healthy/{id}", "--ids", "1-100", "--users", "1,4", "--duration", "2",
+        "--dsn", db.dsn, "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = store.read_json(out / "summary.json")
+    assert [f["kind"] for f in summary["diagnosis"] if f["problem"]] == []
+    # A busy 2-core machine can delay the loop past the threshold now and then; never in the app's code.
+    assert not any(site["in_app"] for site in summary["stalls"]["sites"])
+    assert "No problem found" in (out / "REPORT.md").read_text()
+
+
+@pytest.mark.slow
+def test_probe_of_a_sqlmodel_app_names_the_blocking_route_and_the_pool_limit(db: Database, tmp_path: Path) -> None:
+    """The issue's template app: sync `get_db` on a default pool, and a driver call inside `async def`.
+    Needs SQLModel and psycopg 3, which the sessions pairs pin (skipped where they are not installed)."""
+    pytest.importorskip("sqlmodel")
+    pytest.importorskip("psycopg")
+    orm_app = EXAMPLE / "orm_app.py"
+    line = line_of(orm_app, "# the blocking driver call on the event loop")
+    out = tmp_path / "run"
+    url = db.dsn.replace("postgresql://", "postgresql+psycopg://", 1)
+    result = bench(
+        "probe", "--app", "orm_app:app", "--app-dir", str(EXAMPLE), "--path", "/items/{id}",
+        "--path", "/async-items/{id}", "--ids", "1-100", "--users", "1,20", "--duration", "2", "--stall-ms", "15",
+        "--dsn", url, "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = store.read_json(out / "summary.json")
+    in_app = [site for site in summary["stalls"]["sites"] if site["in_app"]]
+    assert (in_app[0]["where"], in_app[0]["function"]) == (f"orm_app.py:{line}", "read_item_on_the_loop")
+    assert "psycopg" in in_app[0]["blocked_in"] or "sqlalchemy" in in_app[0]["blocked_in"]
+    pool = next(f for f in summary["diagnosis"] if f["kind"] == "pool")
+    assert "QueuePool, size 5, overflow 10" in pool["text"]
+
+
+@pytest.mark.slow
+def test_ui_serves_locusts_web_ui_on_loopback_and_stops_at_its_time_limit(db: Database, tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = bench(*BASE, "--path", "/healthy/{id}", "--ids", "1-9", "--dsn", db.dsn, "--ui", "--ui-minutes", "0.05")
+    assert result.returncode == 0, result.stderr
+    url = re.search(r"Locust's web UI: (http://127\.0\.0\.1:\d+)", result.stderr)
+    assert url, result.stderr
+    assert time.monotonic() - started < 60
+    folder = re.search(r"logs and stalls in (\S+)\)", result.stderr)
+    assert folder and processes_mentioning(folder.group(1)) == []
+    assert not http_ok(url.group(1))  # stopped with the session
+
+
+@pytest.mark.slow
+def test_probe_of_the_suites_own_async_blocking_variant_shows_the_stack_that_blocked(
+    db: Database, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    result = bench(
+        "probe", "--variant", "blocking/async-blocking", "--users", "1,4", "--duration", "2", "--dsn", db.dsn,
+        "--ids", "1-1000", "--out", str(out),  # the test database's 1,000 rows: no reseeding
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    top = store.read_json(out / "summary.json")["stalls"]["sites"][0]
+    sleep_line = line_of(ROOT / "apps" / "blocking" / "app.py", 'time.sleep(knob("block_ms") / 1000)')
+    assert (top["where"], top["function"]) == (f"apps/blocking/app.py:{sleep_line}", "blocking_lookup")
+    assert any("async_blocking_item" in frame for frame in top["stack"])  # the endpoint that called it
