@@ -42,7 +42,7 @@ from typing import Any
 import pandas as pd
 import psycopg2
 
-from harness import analysis, database, stats, store
+from harness import analysis, database, runner, stats, store
 from harness.database import Database, redact
 from harness.pairs import ROOT, BenchError, Pair, Variant
 from harness.procs import (
@@ -737,11 +737,7 @@ def measure(
         store.write_json(folder / "probe.json", extra)
     record = analysis.summarize_sample(folder)
     if record["status"] == "ok":
-        progress.say(
-            f"{record['rps']:.0f} req/s, p99 {record['p99_ms']:.0f} ms, {record['failures']} failures, "
-            f"loop lag p99 {record['loop_lag_p99_ms'] or float('nan'):.0f} ms, "
-            f"peak {record['peak_connections']} backends"
-        )
+        progress.say(runner.sample_line(record))
     return record
 
 
