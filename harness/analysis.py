@@ -20,7 +20,7 @@ import pandas as pd
 
 from harness import stats, store
 from harness.checks import P99_MIN_REQUESTS, Decision
-from harness.pairs import Pair, Verdict, cpu_ms_per_request
+from harness.pairs import Pair, Verdict, cpu_ms_per_request, speed_adjusted_cpu
 from harness.records import (
     Block,
     Calibration,
@@ -61,10 +61,19 @@ SAMPLE_FIELDS = [
 ]  # fmt: skip
 # A variant's figures given as a mean over its blocks with a t-interval and a spread.
 # Its latency percentiles come instead from its tallies merged across blocks.
-CI_FIGURES = ("rps", "ping_p99_ms", "loop_lag_p99_ms", "server_cpu_ms_per_request")
+CI_FIGURES = (
+    "rps",
+    "ping_p99_ms",
+    "loop_lag_p99_ms",
+    "server_cpu_ms_per_request",
+    "server_cpu_ms_adjusted",
+    "speed_unit_ms",
+)
 # A measurement is flagged, never silently used, when the load generator was this busy
 # or an open-loop run achieved less than this share of its rate.
 GENERATOR_CPU_LIMIT = 90.0
+# Fewer speed-probe units than this in a window (20 per second) and it has no speed.
+SPEED_MIN_UNITS = 5
 RATE_SHARE_LIMIT = 0.95
 
 
@@ -207,6 +216,17 @@ def _loop_lag(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
         "pool_returned_by_gc": _growth(_column(samples, "pool_returned_by_gc")),
         "gc_full_collections": _growth(_column(samples, "gc_gen2")),
     }
+
+
+def _speed(folder: Path, window: tuple[float, float]) -> float | None:
+    """The speed probe's mean work-unit CPU time over the window (harness.sampling.SpeedProbe):
+    a mean, not a median, since a slowed host takes cycles in slices that hit some units
+    whole and miss others."""
+    path = store.raw(folder, "speed.csv")
+    if not path.is_file():
+        return None
+    units = _in_window(pd.read_csv(path), "time", window)["unit_ms"].dropna()
+    return float(units.mean()) if len(units) >= SPEED_MIN_UNITS else None
 
 
 def _growth(totals: pd.Series) -> int | None:
@@ -380,6 +400,8 @@ def summarize_sample(folder: Path) -> SampleRecord:
     record["warmup_capped"] = phases.get("warmup_capped")
     record["warmup_s"] = phases.get("warmup_s")  # runs stored before it have none
     record["server_cpu_ms_per_request"] = cpu_ms_per_request(record)
+    record["speed_unit_ms"] = _speed(folder, window)
+    record["server_cpu_ms_adjusted"] = speed_adjusted_cpu(record)
     record["rps_per_second"] = per_second_rps(folder, window)
     record["flags"] = sample_flags(record) + _tally_flags(tallies, meta)
     if meta.get("mode") == "soak":

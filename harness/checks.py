@@ -27,9 +27,9 @@ from harness.pairs import (
     Records,
     Verdict,
     counter_ratio,
-    cpu_ms_per_request,
     loop_lag,
     ratio,
+    speed_adjusted_cpu,
 )
 from harness.records import Block, JudgedCheck, Record, ShownFigure
 
@@ -53,6 +53,9 @@ class Metric:
     # Read failed variants too: where a variant that did not start or verify is itself
     # the answer (a `def` endpoint that cannot serve), not a gap in the measurement.
     reads_failed: bool = False
+    # The name figures are keyed by in summary.json (the label, unless a label changed
+    # and stored runs must still compare).
+    name: str = ""
 
     def of(self, record: Record | None) -> float | None:
         if record is None or (record.get("status", "ok") != "ok" and not self.reads_failed):
@@ -81,7 +84,9 @@ LOOP_LAG = Metric("loop lag p99", "ms", loop_lag)
 FAILURE_RATE = Metric("failure rate", "%", _field("failure_rate"), scale=100)
 PEAK_BACKENDS = Metric("peak backends", "", _field("peak_connections"))
 NEW_BACKENDS = Metric("new backends per second", "", _field("new_backends_per_s"))
-CPU_PER_REQUEST = Metric("server CPU per request", "ms", cpu_ms_per_request)
+CPU_PER_REQUEST = Metric(
+    "speed-adjusted server CPU per request", "ms", speed_adjusted_cpu, name="server CPU per request"
+)
 THREADS_PEAK = Metric("worker threads busy at peak", "", _field("threads_busy_peak"))
 IDLE_IN_TRANSACTION_PEAK = Metric("peak backends idle in transaction", "", _field("peak_idle_in_transaction"))
 IDLE_IN_TRANSACTION_MEAN = Metric("mean backends idle in transaction", "", _field("mean_idle_in_transaction"))
@@ -152,7 +157,7 @@ class Figure:
     def key(self) -> str:
         """The figure's name in a verdict's figures, e.g. 'throughput_ratio_a_b'."""
         tail = f"_{self.to}" if self.to else ""
-        return f"{self.metric.label}_{self.kind}_{self.of}{tail}".replace(" ", "_")
+        return f"{self.metric.name or self.metric.label}_{self.kind}_{self.of}{tail}".replace(" ", "_")
 
     def show(self, value: float | None) -> str:
         return fmt_value(value, self.unit, 1.0 if self.kind == "ratio" else self.metric.scale)

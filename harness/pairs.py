@@ -246,6 +246,24 @@ def cpu_ms_per_request(record: Record) -> float | None:
     return None if share is None else share * 10
 
 
+# The speed probe's work unit takes this long on the machine speed-adjusted figures are
+# scaled to (about this machine's, when its host is quiet): a scale, not a result.
+REFERENCE_UNIT_MS = 1.0
+
+
+def speed_adjusted_cpu(record: Record) -> float | None:
+    """Server CPU per request at the reference speed: the ms measured, times how much
+    faster the reference runs the speed probe's work unit than the machine did during
+    this window. A shared host that slows every process charges each request more CPU
+    time; this reads the same work as the same figure. Without a probe (runs stored
+    before it), the CPU time as measured."""
+    measured = cpu_ms_per_request(record)
+    unit = record.get("speed_unit_ms")
+    if measured is None or not unit:
+        return measured
+    return float(measured) * REFERENCE_UNIT_MS / float(unit)
+
+
 # anyio's default limit on worker threads for `def` endpoints and sync dependencies.
 ANYIO_TOKENS = 40
 # A variant stalls the event loop when its loop lag p99 (measured inside the server) is

@@ -118,6 +118,10 @@ class Record(TypedDict):
     postgres_cpu_pct: float | None
     machine_cpu_pct: float | None
     server_cpu_ms_per_request: float | None
+    # CPU ms of the speed probe's work unit during the window (mean), and the CPU per
+    # request scaled by it to the reference speed (harness.pairs.speed_adjusted_cpu).
+    speed_unit_ms: float | None
+    server_cpu_ms_adjusted: float | None
     thin_percentiles: bool | None
     # Seconds until every user had an answer, or until the warm-up's cap (phases.json).
     warmup_s: float | None

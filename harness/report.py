@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import analysis, charts, checks, stats, store
-from harness.pairs import ARTICLES, ROOT, Pair, discover
+from harness.pairs import ARTICLES, REFERENCE_UNIT_MS, ROOT, Pair, discover
 from harness.records import (
     BlockRatio,
     Calibration,
@@ -126,6 +126,25 @@ def _environment(manifest: dict[str, Any], calibration: Calibration) -> list[str
     ]
 
 
+def _speed_line(summary: dict[str, Any]) -> str:
+    """The Method's word on the speed probe, with the range this run's windows saw."""
+    units = sorted(s["speed_unit_ms"] for s in summary.get("samples", []) if s.get("speed_unit_ms"))
+    seen = (
+        f" In this run it took {units[0]:.2f}-{units[-1]:.2f} ms (median {units[len(units) // 2]:.2f} ms) over "
+        f"{len(units)} windows; a range much wider than a few percent means the host slowed while it ran, and "
+        "throughput ratios, which no probe adjusts, carry that noise."
+        if units
+        else " This run has no speed-probe data (stored before the probe), so CPU figures are as measured."
+    )
+    return (
+        "- Machine speed: beside the load, the runner times a fixed piece of pure-Python work every 50 ms by its "
+        "thread CPU time (waiting for a core does not count). A shared host that slows every process charges each "
+        "request more CPU (measured here: server, PostgreSQL and Locust CPU per request all about doubled within "
+        "one run), so checks on server CPU per request read it speed-adjusted: the ms measured times "
+        f"{REFERENCE_UNIT_MS:g} ms over the window's mean work-unit time." + seen
+    )
+
+
 def _figure(r: VariantRecord, key: str, digits: int = 0) -> str:
     """A mean over blocks with its 95% t-interval, and a warning when blocks spread more than 10%."""
     text = _num(r.get(key), digits)
@@ -171,6 +190,8 @@ RESOURCE_COLUMNS: Columns = [
     ("generator CPU %", "--:", lambda r: _num(r.get("generator_cpu_pct"))),
     ("machine CPU % (all three)", "--:", lambda r: _num(r.get("machine_cpu_pct"))),
     ("server CPU ms/request", "--:", lambda r: _figure(r, "server_cpu_ms_per_request", 2)),
+    ("speed probe unit ms", "--:", lambda r: _figure(r, "speed_unit_ms", 2)),
+    ("CPU ms/request, speed-adjusted", "--:", lambda r: _figure(r, "server_cpu_ms_adjusted", 2)),
     ("RSS peak MB", "--:", lambda r: _num(r.get("server_rss_mb_peak"), 1)),
     ("RSS slope MB/min", "--:", lambda r: _num(r.get("server_rss_slope_mb_per_min"), 2)),
     ("open FDs peak", "--:", lambda r: _num(r.get("server_fds_peak"))),
@@ -703,6 +724,7 @@ def render(run_dir: Path, write_top_report: bool) -> Path:
             "- Saturation: a closed loop with no wait time keeps the machine's cores busy by design, so the table "
             "gives server, PostgreSQL and generator CPU and their sum per sample; claims about the cost per request "
             "are decided on server CPU time per request, which the generator's share does not distort.",
+            _speed_line(summary),
             "- Open loop: requests fall due at a fixed rate whether or not earlier ones returned; latency is counted "
             "from the due time, and a send more than 10 ms late is counted as late.",
             f"- Saturation guards: the load generator's CPU (busiest Locust process), the server's and PostgreSQL's "

@@ -41,7 +41,7 @@ from harness.procs import (
     python_bin,
 )
 from harness.records import Calibration, Counters, SampleMeta, SampleRecord, Verification
-from harness.sampling import ConnectionSampler, Probe
+from harness.sampling import ConnectionSampler, Probe, SpeedProbe
 from harness.scenario import Scenario, override
 
 LOCUSTFILE = ROOT / "scenarios" / "locustfile.py"
@@ -192,16 +192,22 @@ def _start_once(
 
 
 def start_server(
-    pair: Pair, variant: Variant, knobs: dict[str, int], db: Database, folder: Path, scenario: Scenario
+    pair: Pair,
+    variant: Variant,
+    knobs: dict[str, int],
+    db: Database,
+    folder: Path,
+    scenario: Scenario,
+    port: int | None = None,
 ) -> tuple[ManagedProcess, int]:
-    """Start the variant's server on a free loopback port (and its stub upstream first,
-    if the pair calls one; it stops with the server). Another process can take the
-    port between the probe and uvicorn's bind; then try another one."""
+    """Start the variant's server on `port` or a free loopback port (and its stub
+    upstream first, if the pair calls one; it stops with the server). Another process
+    can take the port between the probe and uvicorn's bind; then try another one."""
     upstream, upstream_port = start_upstream(folder, scenario) if pair.upstream else (None, 0)
     upstream_url = f"http://127.0.0.1:{upstream_port}" if upstream else ""
     try:
         for attempt in range(3):
-            port = free_port()
+            port = port if port and attempt == 0 else free_port()
             try:
                 server = _start_once(pair, variant, knobs, db, folder, scenario, port, upstream_url)
             except BenchError as err:
@@ -335,14 +341,31 @@ def pair_order(plan: RunPlan, pairs: list[Pair], block: int) -> list[Pair]:
     return ordered
 
 
+def fixed_blocks(plan: RunPlan, pair: Pair) -> int:
+    """A control's fixed number of blocks where the scenario gives blocks beyond its
+    minimum (adaptive runs); else the scenario's minimum, as for every pair."""
+    adaptive = plan.scenario.max_blocks > plan.scenario.repeats
+    return pair.fixed_blocks if pair.fixed_blocks and adaptive else plan.scenario.repeats
+
+
+def round_blocks(plan: RunPlan, pair: Pair, round_: int) -> list[int]:
+    """The pair's blocks in one round of the fixed part: one for most pairs; a control's
+    fixed blocks spread evenly over the rounds, so they are measured alongside the
+    others' and never left to a budget that the rounds may have spent."""
+    total, rounds = fixed_blocks(plan, pair), plan.scenario.repeats
+    per = -(-total // rounds)
+    return [block for block in range((round_ - 1) * per + 1, round_ * per + 1) if block <= total]
+
+
 def sample_plan(plan: RunPlan) -> list[Sample]:
     """The run's fixed part, in the order it runs: `repeats` rounds in which every pair
-    runs one block, then the soaks. Further blocks depend on what these show
-    (`plan_more_blocks`)."""
+    runs one block (a control its share of its fixed blocks), then the soaks. Further
+    blocks depend on what these show (`plan_more_blocks`)."""
     samples: list[Sample] = []
-    for block in range(1, plan.scenario.repeats + 1):
-        for pair in pair_order(plan, plan.pairs, block):
-            samples += block_samples(plan, pair, block)
+    for round_ in range(1, plan.scenario.repeats + 1):
+        for pair in pair_order(plan, plan.pairs, round_):
+            for block in round_blocks(plan, pair, round_):
+                samples += block_samples(plan, pair, block)
     if plan.scenario.soak_s > 0:
         for pair in plan.pairs:
             if pair.soak:
@@ -438,6 +461,7 @@ def start_locust(
     run_time: float,
     measure: tuple[float, int, float] | None = None,
     target: LoadTarget | None = None,
+    go_file: Path | None = None,
 ) -> ManagedProcess:
     """Locust headless against the server: one process, or a master with
     `locust_workers` worker processes (its companions), all on loopback. `measure` is
@@ -484,6 +508,8 @@ def start_locust(
     if target is not None and target.headers:
         env["BENCH_HEADERS"] = json.dumps(target.headers)
     master_port = free_port() if workers else 0
+    if go_file is not None:  # the master (or the single process) waits for it; workers wait for the master
+        argv += ["--bench-go", str(go_file)]
     if workers:
         argv += ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port)]
         argv += ["--expect-workers", str(workers)]
@@ -502,6 +528,47 @@ def start_locust(
     return locust
 
 
+@dataclass(frozen=True)
+class LoadLimits:
+    """How long one Locust run may take: the measured phase is at least `measured_s`,
+    longer until the tally holds `min_requests`, at most `max_measure_s` (a soak measures
+    exactly its length); the warm-up ends once every user has completed a request, at the
+    latest after warm-up + one request timeout or `warmup_max_s` (the locustfile's
+    limits). Locust's -t (`run_time`) is the sum of the limits and a second, so the
+    locustfile, not the timer, normally ends the load."""
+
+    measured_s: float
+    min_requests: int
+    max_measure_s: float
+    warmup_cap_s: float
+    run_time: float
+    deadline: float
+
+    @classmethod
+    def of(cls, scenario: Scenario, sample: Sample | None) -> LoadLimits:
+        soak = bool(sample and sample.mode == "soak")
+        measured_s = scenario.soak_s if soak else scenario.duration_s
+        min_requests = 0 if soak else int(getattr(scenario, "min_requests", 0) or 0)
+        max_measure_s = measured_s if soak else max(measured_s, float(getattr(scenario, "max_measure_s", 0) or 0))
+        warmup_cap_s = max(scenario.warmup_s + scenario.request_timeout_s, scenario.warmup_max_s)
+        run_time = math.ceil(warmup_cap_s + max_measure_s) + 1
+        deadline = run_time + scenario.request_timeout_s + 30 + 10 * scenario.locust_workers
+        return cls(measured_s, min_requests, max_measure_s, warmup_cap_s, run_time, deadline)
+
+
+def arm_load(port: int, path: str, scenario: Scenario, sample: Sample, folder: Path) -> ManagedProcess:
+    """Locust started early and waiting for its go file (the locustfile's --bench-go):
+    its start-up (0.7 s a sample of imports and set-up, measured) overlaps the server's instead
+    of adding to every sample. Nothing is sent until run_load says go."""
+    limits = LoadLimits.of(scenario, sample)
+    measure = (limits.measured_s, limits.min_requests, limits.max_measure_s)
+    return start_locust(port, path, scenario, sample, folder, limits.run_time, measure, go_file=folder / GO_FILE)
+
+
+# The file an armed Locust waits for (arm_load); the locustfile removes it when it starts.
+GO_FILE = "go"
+
+
 def run_load(
     port: int,
     path: str,
@@ -512,27 +579,22 @@ def run_load(
     sampler: ConnectionSampler,
     server: ManagedProcess,
     target: LoadTarget | None = None,
+    armed: ManagedProcess | None = None,
 ) -> None:
     """One Locust run to its end (warm-up + measured, or a soak), bounded by a deadline;
-    a server that dies ends it at once. `sample` None: calibration."""
+    a server that dies ends it at once. `sample` None: calibration. `armed`: a Locust
+    from arm_load, told to go now; else one is started here."""
     soak = bool(sample and sample.mode == "soak")
-    measured_s = scenario.soak_s if soak else scenario.duration_s
-    # The measured phase: at least `measured_s`, longer until the tally holds
-    # `min_requests` (scenario fields, where the scenario has them), at most
-    # `max_measure_s`; a soak measures exactly its length.
-    min_requests = 0 if soak else int(getattr(scenario, "min_requests", 0) or 0)
-    max_measure_s = measured_s if soak else max(measured_s, float(getattr(scenario, "max_measure_s", 0) or 0))
-    # The warm-up ends once every user has completed a request, at the latest after
-    # warm-up + one request timeout or `warmup_max_s` (the locustfile's limits); Locust's
-    # -t is the sum of the limits and a second, so the locustfile, not the timer,
-    # normally ends the load.
-    warmup_cap_s = max(scenario.warmup_s + scenario.request_timeout_s, scenario.warmup_max_s)
-    run_time = math.ceil(warmup_cap_s + max_measure_s) + 1
-    deadline = run_time + scenario.request_timeout_s + 30 + 10 * scenario.locust_workers
+    limits = LoadLimits.of(scenario, sample)
+    measured_s, max_measure_s, warmup_cap_s = limits.measured_s, limits.max_measure_s, limits.warmup_cap_s
+    deadline = limits.deadline
     started = time.monotonic()
-    measure = (measured_s, min_requests, max_measure_s)
-    # started: stop it, do not re-enter
-    locust = start_locust(port, path, scenario, sample, folder, run_time, measure, target)
+    measure = (measured_s, limits.min_requests, max_measure_s)
+    if armed is not None:
+        locust = armed
+        (folder / GO_FILE).touch()
+    else:
+        locust = start_locust(port, path, scenario, sample, folder, limits.run_time, measure, target)
     try:
         sampler.watch_generator([locust, *locust.companions])
         while (code := locust.wait(1.0)) is None:
@@ -680,7 +742,16 @@ def measure_sample(plan: RunPlan, db: Database, sample: Sample, progress: Progre
         meta["baseline_connections"] = database.wait_for_backends(db, 0, scenario.settle_timeout_s)
         lap("baseline")
         progress.say("starting server")
-        server, port = start_server(pair, variant, knobs, db, folder, scenario)
+        port = free_port()
+        armed = arm_load(port, variant.path, scenario, sample, folder)
+        try:
+            server, started_on = start_server(pair, variant, knobs, db, folder, scenario, port)
+        except BaseException:
+            armed.stop()
+            raise
+        if started_on != port:  # the port was taken before the server bound it: re-arm on the new one
+            armed.stop()
+            port, armed = started_on, arm_load(started_on, variant.path, scenario, sample, folder)
         lap("start")
         try:
             meta["verification"] = verify(port, variant, db, scenario.rows, scenario.request_timeout_s)
@@ -693,9 +764,10 @@ def measure_sample(plan: RunPlan, db: Database, sample: Sample, progress: Progre
                 machine_load_lock(progress.say),
                 sampler,
                 Probe("127.0.0.1", port, folder / "probe.csv", scenario.probe_rate, scenario.request_timeout_s),
+                SpeedProbe(folder / "speed.csv"),
             ):
                 lap("lock")
-                run_load(port, variant.path, scenario, sample, folder, progress, sampler, server)
+                run_load(port, variant.path, scenario, sample, folder, progress, sampler, server, armed=armed)
                 if sample.mode == "soak":  # quiet recovery: the samplers keep running, no load
                     progress.say(f"load done; {meta['recovery_s']:.0f} s of recovery without load")
                     time.sleep(meta["recovery_s"])
@@ -703,6 +775,7 @@ def measure_sample(plan: RunPlan, db: Database, sample: Sample, progress: Progre
             meta["counters"] = read_counters(port, pair.drain_s(knobs))
             lap("counters")
         finally:
+            armed.stop()  # already gone after a load; still waiting if the sample failed first
             server.stop()
             lap("stop")
             meta["warnings"] = server_warnings(folder / "server.log")
@@ -892,9 +965,8 @@ def _measure_all(
     while True:
         left_s = plan.scenario.budget_s - (time.monotonic() - started) - soak_s
         standing = _standing(plan, samples, seconds, confidence)
-        # A control runs its own fixed blocks where the scenario gives blocks beyond its minimum.
-        adaptive = plan.scenario.max_blocks > plan.scenario.repeats
-        fixed = {p.name: p.fixed_blocks if adaptive else plan.scenario.repeats for p in plan.pairs if p.fixed_blocks}
+        # A control has run its own fixed blocks in the rounds (round_blocks).
+        fixed = {p.name: fixed_blocks(plan, p) for p in plan.pairs if p.fixed_blocks}
         more, stopped_now = plan_more_blocks(standing, looks, left_s, fixed)
         stopped |= stopped_now
         manifest["blocks"] = {

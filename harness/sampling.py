@@ -35,6 +35,9 @@ CONNECTION_FIELDS = [
     "error",
 ]
 PROBE_FIELDS = ["intended", "latency_ms", "status", "error"]
+SPEED_FIELDS = ["time", "unit_ms"]
+# The speed probe's work unit: pure-Python arithmetic, about 1 ms of one core here.
+SPEED_UNIT_STEPS = 25_000
 
 
 class _Thread:
@@ -174,6 +177,39 @@ class ConnectionSampler(_Thread):
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+def work_unit() -> float:
+    """CPU milliseconds this thread spends on a fixed piece of work. Thread CPU time, not
+    wall time: waiting for a core (the load's own saturation) does not count, so it
+    changes only when the same instructions cost more CPU time, as when a shared host's
+    neighbours take the core's caches or its cycles (time a hypervisor takes from a guest
+    without a steal clock is charged to whatever was running, this thread included)."""
+    started = time.thread_time()
+    total = 0
+    for step in range(SPEED_UNIT_STEPS):
+        total += step * step % 7
+    return (time.thread_time() - started) * 1000
+
+
+class SpeedProbe(_Thread):
+    """The work unit every `interval_s`, beside the load: the machine's speed during the
+    window. Every process on a slowed machine is charged more CPU per request (measured:
+    server, PostgreSQL and Locust all about twice as much within one run), so CPU per
+    request is read in units of this probe's work (pairs.speed_adjusted_cpu)."""
+
+    def __init__(self, out: Path, interval_s: float = 0.05) -> None:
+        super().__init__()
+        self.out, self.interval_s = out, interval_s
+
+    def _run(self) -> None:
+        with open(self.out, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, SPEED_FIELDS)
+            writer.writeheader()
+            while not self._stop.is_set():
+                writer.writerow({"time": f"{time.time():.3f}", "unit_ms": f"{work_unit():.4f}"})
+                handle.flush()
+                self._stop.wait(self.interval_s)
 
 
 class Probe:

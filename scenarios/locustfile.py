@@ -38,9 +38,11 @@ finishing requests for up to the stop timeout, so their last reports are lost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import sys
 import time
 from typing import Any
 
@@ -82,6 +84,7 @@ def add_options(parser: Any) -> None:
     parser.add_argument(
         "--bench-max-measure", type=float, default=0.0, help="measured seconds at most (0: --bench-duration)"
     )
+    parser.add_argument("--bench-go", default="", help="wait for this file before the load starts (armed early)")
 
 
 def _options(environment: Any) -> Any:
@@ -272,8 +275,27 @@ def _totals(environment: Any) -> tuple[int, int, int]:
     return users, PROGRESS.completed, TALLY.requests
 
 
+# An armed process gives up on its go file after this long (the runner stops it sooner).
+GO_WAIT_S = 120.0
+
+
+def wait_for_go(go_file: str, limit_s: float = GO_WAIT_S) -> None:
+    """Armed early (started while the server starts, so Locust's own start-up costs the
+    run nothing): wait until the runner has verified the server and taken the machine,
+    then start. Exit if the runner that armed it is gone or never says go."""
+    parent, deadline = os.getppid(), time.monotonic() + limit_s
+    while not os.path.exists(go_file):
+        if os.getppid() != parent or time.monotonic() > deadline:
+            sys.exit(f"never told to start ({go_file})")
+        time.sleep(0.01)
+    with contextlib.suppress(OSError):
+        os.unlink(go_file)
+
+
 @events.init.add_listener
 def on_init(environment: Any, **_: Any) -> None:
+    if _options(environment).bench_go and not isinstance(environment.runner, WorkerRunner):
+        wait_for_go(_options(environment).bench_go)
     if not isinstance(environment.runner, MasterRunner):
         environment.events.request.add_listener(TALLY.on_request)
     if isinstance(environment.runner, WorkerRunner):

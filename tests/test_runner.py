@@ -142,3 +142,19 @@ def test_variants_a_check_compares_run_back_to_back_within_a_block() -> None:
         orders.append(tuple(order))
     assert len(set(orders)) > 6, "groups and the variants within them are still shuffled"
     assert len({order[0] for order in orders}) > 2
+
+
+def test_a_controls_fixed_blocks_are_spread_over_the_rounds() -> None:
+    # Measured alongside the other pairs' rounds, not after them, where the budget may be spent.
+    adaptive = plan(None, ["control", "deps"], repeats=3, max_blocks=12)
+    control = next(p for p in adaptive.pairs if p.name == "control")
+    fixed = runner.fixed_blocks(adaptive, control)
+    spread = [runner.round_blocks(adaptive, control, r) for r in (1, 2, 3)]
+    assert sorted(b for blocks in spread for b in blocks) == list(range(1, fixed + 1))
+    assert max(map(len, spread)) - min(map(len, spread)) <= 1
+    samples = runner.sample_plan(adaptive)
+    assert {s.block for s in samples if s.pair.name == "control"} == set(range(1, fixed + 1))
+    assert {s.block for s in samples if s.pair.name == "deps"} == {1, 2, 3}
+    # A scenario with no blocks beyond its minimum (quick): the control runs that minimum.
+    single = plan(None, ["control"], repeats=1, max_blocks=1)
+    assert {s.block for s in runner.sample_plan(single)} == {1}

@@ -411,3 +411,39 @@ def test_distributed_mode_decides_on_the_workers_reports(upstream: int, tmp_path
     # The master stopped on the workers' summed counts, reported a moment before the stop.
     assert sum(t["requests"] for t in tallies) >= phases["measure_requests"] >= 50
     assert all(t["requests"] > 0 and t["start"] >= phases["measure_start"] for t in tallies)
+
+
+def test_an_armed_process_waits_for_its_go_file_and_removes_it(tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    started = time.monotonic()
+    with pytest.raises(SystemExit, match="never told to start"):
+        lf.wait_for_go(str(go), limit_s=0.1)
+    assert time.monotonic() - started >= 0.1
+    go.touch()
+    lf.wait_for_go(str(go), limit_s=5)
+    assert not go.exists()
+
+
+@pytest.mark.slow
+def test_an_armed_locust_sends_nothing_until_told_to_go(upstream: int, tmp_path: Path) -> None:
+    # Armed early (the runner overlaps Locust's start-up with the server's): no phase, no
+    # request until the go file appears; then a normal run.
+    go, phases = tmp_path / "go", tmp_path / "phases.json"
+    argv = [
+        sys.executable, "-m", "locust", "-f", str(ROOT / "scenarios" / "locustfile.py"), "--headless",
+        "--host", f"http://127.0.0.1:{upstream}", "-u", "2", "-r", "100", "-t", "15s", "--only-summary",
+        "--loglevel", "WARNING", "--stop-timeout", "2", "--bench-path", "/delay?ms=5&id={id}",
+        "--bench-check-body", "0", "--bench-phases", str(phases), "--bench-duration", "0.5", "--bench-go", str(go),
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE)
+    try:
+        time.sleep(3)  # well past Locust's start-up
+        assert proc.poll() is None and not phases.exists()
+        go.touch()
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    written = json.loads(phases.read_text())
+    assert written["measure_requests"] > 0 and not go.exists()

@@ -8,6 +8,7 @@ from harness.checks import (
     FAILURE_RATE,
     GOOD_THROUGHPUT,
     P99,
+    P99_MIN_REQUESTS,
     PEAK_BACKENDS,
     Check,
     Difference,
@@ -133,5 +134,6 @@ PAIR = Pair(
     # wait, (80 - 20) x 50 / 20 = 150 ms, is 1.5x acquire_timeout_ms, so its timeouts follow
     # from the knobs. The semaphore's 10 x 1000/50 = 200 req/s give 800 requests in a 4 s
     # sample, enough for a p99. All users start in the first half of the warm-up.
-    load={"users": 80, "spawn_rate": 160},
+    # p99 decides here: every block's window holds enough requests for one.
+    load={"users": 80, "spawn_rate": 160, "min_requests": P99_MIN_REQUESTS},
 )
