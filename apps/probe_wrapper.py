@@ -7,9 +7,9 @@ app's folder and with the app's environment, unchanged:
         --prefix /__bench_probe_1a2b3c__ --out RUN/SAMPLE
 
 It needs nothing beyond the standard library, anyio and uvicorn (what `fastapi[standard]`
-installs), and imports nothing of the suite's but apps/instruments.py and
-apps/watchdog.py, which it loads by file path under private names: a project with its
-own `apps`, `harness` or `instruments` package still gets its own.
+installs), and imports nothing of the suite's but apps/instruments.py, which it loads
+by file path under a private name: a project with its own `apps`, `harness` or
+`instruments` package still gets its own.
 
 The app object is served as it is, inside a thin ASGI wrapper that adds:
 - `<prefix>/ping`, the probe's `/ping` (an async route doing nothing), and
@@ -17,7 +17,7 @@ The app object is served as it is, inside a thin ASGI wrapper that adds:
   per run, so it cannot collide with the app's own routes;
 - the loop-lag monitor with anyio's worker-thread tokens (instruments.record_loop);
 - SQLAlchemy pool counts, when the app created an engine (instruments.watch_pool);
-- the stack watchdog (watchdog.StackWatchdog).
+- the stack watchdog (instruments.StackWatchdog).
 
 A problem the user must fix is printed as one line starting with ERROR_MARK, and the
 process exits with status 3; the harness shows that line.
@@ -173,14 +173,13 @@ class ProbeApp:
         prefix: str,
         out: Path,
         instruments: ModuleType,
-        watchdog: ModuleType,
         stall_ms: float,
     ) -> None:
         self.app = app
         self.prefix = prefix.rstrip("/")
         self.out = out
         self.instruments = instruments
-        self.watchdog = watchdog.StackWatchdog(str(out / "stalls.jsonl"), threshold_ms=stall_ms)
+        self.watchdog = instruments.StackWatchdog(str(out / "stalls.jsonl"), threshold_ms=stall_ms)
         self.pools: list[Any] = []
         self._recorder: asyncio.Task[None] | None = None
         self._stopped = False
@@ -314,10 +313,9 @@ def main() -> None:
     except ImportError:
         fail(f"{sys.executable} has no anyio: is FastAPI installed in this environment?")
     instruments = load_private("instruments")
-    watchdog = load_private("watchdog")
     app = import_app(args.app, args.app_dir.resolve())
     args.out.mkdir(parents=True, exist_ok=True)
-    wrapped = ProbeApp(app, args.prefix, args.out, instruments, watchdog, args.stall_ms)
+    wrapped = ProbeApp(app, args.prefix, args.out, instruments, args.stall_ms)
     wrapped._watch_pools()  # engines created at import
     config = uvicorn.Config(
         wrapped,

@@ -8,6 +8,9 @@ turns its variants' records into a verdict. Only stored files are read, so
 
 from __future__ import annotations
 
+import gzip
+import json
+import linecache
 import re
 import warnings
 from collections.abc import Callable
@@ -20,7 +23,7 @@ import pandas as pd
 
 from harness import stats, store
 from harness.checks import P99_MIN_REQUESTS, Decision
-from harness.pairs import Pair, Verdict, cpu_ms_per_request, speed_adjusted_cpu
+from harness.pairs import ROOT, Pair, Verdict, cpu_ms_per_request, speed_adjusted_cpu
 from harness.records import (
     Block,
     Calibration,
@@ -32,6 +35,7 @@ from harness.records import (
     SampleMeta,
     SampleRecord,
     SoakFigures,
+    StallSite,
     VariantRecord,
 )
 from harness.scenario import P99_TARGET_MS
@@ -229,6 +233,81 @@ def _speed(folder: Path, window: tuple[float, float]) -> float | None:
     return float(units.mean()) if len(units) >= SPEED_MIN_UNITS else None
 
 
+STALLS_FILE = "stalls.jsonl"
+# Loop lag at which the suite's servers' watchdog reads the loop's stack: above a healthy
+# loop's scheduling noise (its p99 lag is a few ms), below any stall worth finding.
+STALL_MS = 25.0
+# The suite's own code, where a stall's line is looked for; the instruments are never it.
+SUITE_APPS = ROOT / "apps"
+INSTRUMENTS = str(SUITE_APPS / "instruments.py")
+# Sites kept per sample and per variant: the line that blocks is the first, or nearly.
+MOST_SITES = 3
+
+
+def read_stalls(folder: Path, window: tuple[float, float] | None) -> list[dict[str, Any]]:
+    """The stack watchdog's stalls in the measured window (all of them without one)."""
+    path = store.raw(folder, STALLS_FILE)
+    if not path.is_file():
+        return []
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", errors="replace") as handle:
+        lines = handle.read().splitlines()
+    stalls = []
+    for line in lines:
+        try:
+            stall = json.loads(line)
+        except ValueError:  # a line cut short when the server stopped
+            continue
+        if window is None or window[0] <= float(stall["time"]) <= window[1]:
+            stalls.append(stall)
+    return stalls
+
+
+def _suite_where(frame: list[Any]) -> str:
+    path = Path(str(frame[0]))
+    return f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{frame[1]}"
+
+
+def suite_stall_sites(stalls: list[dict[str, Any]]) -> list[StallSite]:
+    """Each stall credited to the stack the watchdog saw most while it lasted, at its
+    innermost frame in the suite's apps (the variant's own line: a blocking C call has no
+    frame of its own), else its innermost frame; grouped by line, most stalls first."""
+    sites: dict[str, StallSite] = {}
+    for stall in stalls:
+        stack = stall["samples"][0][1]
+        mine = [f for f in stack if str(f[0]).startswith(str(SUITE_APPS)) and str(f[0]) != INSTRUMENTS]
+        frame = mine[0] if mine else stack[0]
+        where = _suite_where(frame)
+        site = sites.setdefault(
+            where,
+            {
+                "where": where,
+                "function": str(frame[2]),
+                "code": linecache.getline(str(frame[0]), int(frame[1])).strip(),
+                "blocked_in": f"{_suite_where(stack[0])} {stack[0][2]}",
+                "stalls": 0,
+                "lag_ms_total": 0.0,
+            },
+        )
+        site["stalls"] += 1
+        site["lag_ms_total"] = round(site["lag_ms_total"] + float(stall["lag_ms"]), 2)
+    return sorted(sites.values(), key=lambda s: (-s["stalls"], -s["lag_ms_total"]))[:MOST_SITES]
+
+
+def merge_stall_sites(records: list[SampleRecord]) -> list[StallSite] | None:
+    """A variant's stall sites over its samples (None where no server ran the watchdog)."""
+    found = [r.get("stall_sites") for r in records if r.get("stall_sites") is not None]
+    if not found:
+        return None
+    sites: dict[str, StallSite] = {}
+    for listed in found:
+        for site in listed or []:
+            merged = sites.setdefault(site["where"], {**site, "stalls": 0, "lag_ms_total": 0.0})
+            merged["stalls"] += site["stalls"]
+            merged["lag_ms_total"] = round(merged["lag_ms_total"] + site["lag_ms_total"], 2)
+    return sorted(sites.values(), key=lambda s: (-s["stalls"], -s["lag_ms_total"]))[:MOST_SITES]
+
+
 def _growth(totals: pd.Series) -> int | None:
     """How much a running total grew over the window."""
     known = totals.dropna()
@@ -402,6 +481,10 @@ def summarize_sample(folder: Path) -> SampleRecord:
     record["server_cpu_ms_per_request"] = cpu_ms_per_request(record)
     record["speed_unit_ms"] = _speed(folder, window)
     record["server_cpu_ms_adjusted"] = speed_adjusted_cpu(record)
+    if store.raw(folder, STALLS_FILE).is_file():  # servers started before the watchdog have none
+        stalls = [s for s in read_stalls(folder, window) if s.get("samples")]
+        record["stalls_caught"] = len(stalls)
+        record["stall_sites"] = suite_stall_sites(stalls)
     record["rps_per_second"] = per_second_rps(folder, window)
     record["flags"] = sample_flags(record) + _tally_flags(tallies, meta)
     if meta.get("mode") == "soak":
@@ -453,7 +536,7 @@ def _merge_failures(records: list[SampleRecord]) -> list[list[Any]]:
 
 # How each field of the variant record comes from its samples.
 _SUMS = ("requests", "failures", "ping_samples", "ping_failures", "terminated_backends", "pool_returned_by_gc",
-         "gc_full_collections")  # fmt: skip
+         "gc_full_collections", "stalls_caught")  # fmt: skip
 _MAXIMA = ("max_ms", "ping_max_ms", "loop_lag_max_ms", "threads_busy_peak", "peak_connections", "server_fds_peak",
            "server_rss_mb_peak", "settled_connections", "pool_checked_out_peak", "pool_overflow_peak",
            "peak_active", "peak_idle", "peak_idle_in_transaction")  # fmt: skip
@@ -498,6 +581,7 @@ def combine(records: list[SampleRecord]) -> VariantRecord:
     out["failure_kinds"] = _merge_failures(ok)
     out["top_failures"] = out["failure_kinds"][:3]
     out["counters"] = _sum_counters(ok)
+    out["stall_sites"] = merge_stall_sites(ok)
     out["warnings"] = list(dict.fromkeys(w for r in records for w in r.get("warnings") or []))
     # How many samples printed each: one line per distinct warning in the report, not one per sample.
     out["warning_counts"] = {w: sum(w in (r.get("warnings") or []) for r in records) for w in out["warnings"]}

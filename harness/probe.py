@@ -62,7 +62,7 @@ from harness.scenario import MAXIMUM, P99_TARGET_MS, Bound, Scenario
 
 WRAPPER = ROOT / "apps" / "probe_wrapper.py"
 # The probe's own code in the app's server: its frames are never the app's.
-PROBE_FILES = {str(ROOT / "apps" / name) for name in ("probe_wrapper.py", "watchdog.py", "instruments.py")}
+PROBE_FILES = {str(ROOT / "apps" / name) for name in ("probe_wrapper.py", "instruments.py")}
 # The wrapper's one-line errors (apps/probe_wrapper.py ERROR_MARK).
 ERROR_MARK = "fastapi-bench-probe: error:"
 # Open loop runs at this share of the knee's throughput: busy, but below saturation.
@@ -898,22 +898,6 @@ def server_info(folder: Path) -> dict[str, Any]:
         return {}
 
 
-def read_stalls(folder: Path, window: tuple[float, float] | None) -> list[dict[str, Any]]:
-    """The watchdog's stalls in the measured window (all of them without one)."""
-    path = folder / "stalls.jsonl"
-    if not path.is_file():
-        return []
-    stalls = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            stall = json.loads(line)
-        except ValueError:  # a line cut short when the server stopped
-            continue
-        if window is None or window[0] <= float(stall["time"]) <= window[1]:
-            stalls.append(stall)
-    return stalls
-
-
 def is_app_frame(filename: str, app_dir: Path, library_paths: list[str]) -> bool:
     """A frame in the user's code: under the app's folder, outside any installed package
     (a project's own .venv lives under its folder too) and outside the probe's own files."""
@@ -951,7 +935,7 @@ def stall_sites(run_dir: Path, samples: list[SampleRecord], app_dir: Path) -> di
         libraries = [str(p) for p in info.get("library_paths") or []]
         missed += int((info.get("watchdog") or {}).get("stalls_missed") or 0)
         window = analysis.measured_window(folder, analysis.read_tallies(folder))
-        for stall in read_stalls(folder, window):
+        for stall in analysis.read_stalls(folder, window):
             if not stall.get("samples"):
                 continue
             captured += 1

@@ -134,8 +134,44 @@ def _stalls(summary: dict[str, Any], records: list[dict[str, Any]]) -> list[Find
     stall threshold), with the stacks as evidence; stacks caught at a lower p99 (a
     machine's scheduling hiccup can make one) are information only."""
     stalls = summary.get("stalls") or {}
-    sites = stalls.get("sites") or []
+    every_site = stalls.get("sites") or []
+    # A stall caught inside the instruments' gc callback was a garbage collection: a pause
+    # of the whole interpreter, not a call of the app's that blocks. Information only.
+    collections = [site for site in every_site if _is_collection(site)]
+    sites = [site for site in every_site if not _is_collection(site)]
     laggy = _worst(records, "loop_lag_p99_ms")
+    gc_finding = []
+    if collections:
+        paused = sum(site["stalls"] for site in collections)
+        total = sum(site["lag_ms_total"] for site in collections)
+        worst = max(site["lag_ms_max"] for site in collections)
+        gc_finding = [
+            Finding(
+                kind="gc pauses",
+                problem=False,
+                text=f"{paused} of the {stalls.get('captured', paused)} stalls the watchdog caught were garbage "
+                f"collections ({total:,.0f} ms of lag in all, worst {worst:,.0f} ms): the interpreter pausing, "
+                "not a call that blocks.",
+                patterns=[],
+            )
+        ]
+        if not sites:  # the lag is the collector's
+            return gc_finding
+    return _blocking_stalls(stalls, sites, laggy) + gc_finding
+
+
+def _is_collection(site: dict[str, Any]) -> bool:
+    return Path(str(site.get("file") or "")).name == "instruments.py" and site.get("function") == GC_CALLBACK
+
+
+# apps/instruments.py's GCWatch callback, which runs only inside a collection.
+GC_CALLBACK = "_callback"
+
+
+def _blocking_stalls(
+    stalls: dict[str, Any], sites: list[dict[str, Any]], laggy: dict[str, Any] | None
+) -> list[Finding]:
+    """The loop-stall finding from the stalls that were calls, not collections."""
     stalled = laggy is not None and laggy["loop_lag_p99_ms"] >= STALL_LAG_MS
     if not stalled and not sites:
         return []

@@ -57,6 +57,17 @@ class SampleMeta(TypedDict, total=False):
     server_log_tail: str
 
 
+class StallSite(TypedDict):
+    """A line the event loop was blocked on, as the stack watchdog caught it."""
+
+    where: str  # path:line, relative to the suite's root
+    function: str
+    code: str  # the line's source
+    blocked_in: str  # the innermost frame (a C call is not a frame: the line calling it is)
+    stalls: int
+    lag_ms_total: float
+
+
 class Record(TypedDict):
     """The fields every record carries, sample or variant (harness.analysis.RECORD_FIELDS);
     None where the variant produced no measurement."""
@@ -122,6 +133,10 @@ class Record(TypedDict):
     # request scaled by it to the reference speed (harness.pairs.speed_adjusted_cpu).
     speed_unit_ms: float | None
     server_cpu_ms_adjusted: float | None
+    # The stack watchdog (apps.instruments.StackWatchdog): stalls it caught in the window,
+    # and the lines of the suite's code they were on, most stalls first.
+    stalls_caught: int | None
+    stall_sites: list[StallSite] | None
     thin_percentiles: bool | None
     # Seconds until every user had an answer, or until the warm-up's cap (phases.json).
     warmup_s: float | None

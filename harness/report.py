@@ -66,7 +66,7 @@ def _load_plan(scenario: dict[str, Any]) -> str:
     parts = [
         f"`{scenario['name']}`: {scenario['users']} users"
         + (f" (sweep: {', '.join(str(u) for u in scenario['levels'])})" if scenario.get("levels") else ""),
-        f"{_num(scenario['warmup_s'], 0)} s warm-up + {_num(scenario['duration_s'], 0)} s measured per sample",
+        f"{scenario['warmup_s']:g} s warm-up + {scenario['duration_s']:g} s measured per sample",
         (
             f"at least {scenario.get('repeats', 1)} blocks per pair (a block: every variant once, back to back, each "
             "in a fresh server, order shuffled per block)"
@@ -228,6 +228,31 @@ STATE_COLUMNS: Columns = [
 
 def _after_stop(r: VariantRecord) -> str:
     return f"{_num(r.get('settled_connections'))} (baseline {_num(r.get('baseline_connections'))})"
+
+
+def _stalls(records: list[VariantRecord]) -> list[str]:
+    """The lines the stack watchdog caught blocking the loop, per variant that stalled:
+    evidence from stacks read at run time, beside the loop lag that measures the harm."""
+    stalled = [r for r in records if r.get("stalls_caught") and r.get("stall_sites")]
+    if not stalled:
+        return []
+    lines = [
+        f"**What blocked the event loop** (the stack watchdog: while the loop is over {analysis.STALL_MS:g} ms late, "
+        "a thread reads its stack; each stall is credited to the line of the suite's code it was on):",
+        "",
+        "| variant | stalls caught | line | function | code | share of stalls | lag per stall ms |",
+        "|---|--:|---|---|---|--:|--:|",
+    ]
+    for r in stalled:
+        caught = int(r["stalls_caught"] or 0)
+        for site in r["stall_sites"] or []:
+            code = site["code"].replace("|", "\\|")  # a table cell
+            lines.append(
+                f"| `{r['variant']}` | {caught:,} | `{site['where']}` | `{site['function']}` | "
+                f"`{code}` | {100 * site['stalls'] / caught:.0f}% | "
+                f"{site['lag_ms_total'] / max(1, site['stalls']):.0f} |"
+            )
+    return [*lines, ""]
 
 
 def _table(records: list[VariantRecord], columns: Columns = COLUMNS) -> list[str]:
@@ -442,6 +467,7 @@ def _pair_section(
     lines += [*_table(records, STATE_COLUMNS), ""]
     if any(r.get("pool_checked_out_peak") is not None for r in records):
         lines += [*_table(records, POOL_COLUMNS), ""]
+    lines += _stalls(records)
     confidence = float(((summary.get("blocks") or {}).get(pair.name) or {}).get("confidence") or stats.CONFIDENCE)
     lines += _comparisons([row for row in summary.get("comparisons", []) if row["pair"] == pair.name], confidence)
     lines += _open_loop(records)

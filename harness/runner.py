@@ -164,6 +164,9 @@ def _start_once(
         # Every knob the pair declares, with the run's values: the apps keep no defaults of their own.
         "BENCH_KNOBS": json.dumps(pair.knobs | knobs),
         "BENCH_LOOP_LAG_FILE": str(folder / "loop_lag.csv"),
+        # The stack watchdog's stalls: the line that blocked the loop, caught at run time.
+        "BENCH_STALLS_FILE": str(folder / analysis.STALLS_FILE),
+        "BENCH_STALL_MS": f"{analysis.STALL_MS:g}",
         "BENCH_UPSTREAM_URL": upstream_url,
         "PYTHONPATH": str(ROOT),
         # Each warning once per place in server.log (deprecations, unclosed resources);

@@ -152,9 +152,9 @@ def raw(folder: Path, name: str) -> Path:
 
 
 def compress_raw(folder: Path) -> None:
-    """Gzip a finished sample's CSVs: the samples of a run with repeats add up, and the
-    readers (pandas) take .csv.gz as they are."""
-    for path in folder.glob("*.csv"):
+    """Gzip a finished sample's CSVs and JSON lines: the samples of a run with repeats
+    add up, and the readers (pandas, analysis.read_stalls) take .gz as they are."""
+    for path in [*folder.glob("*.csv"), *folder.glob("*.jsonl")]:
         packed = path.with_name(path.name + ".gz")
         with open(path, "rb") as source, gzip.open(packed, "wb", compresslevel=9) as target:
             shutil.copyfileobj(source, target)

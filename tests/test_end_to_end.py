@@ -101,6 +101,18 @@ def test_blocking_physics_at_20_ms(db: Database, tmp_path: Path) -> None:
     # Only the `def` endpoint borrows anyio's worker threads; to_thread uses the loop's executor.
     assert records["sync-def"]["threads_busy_peak"] >= 1
     assert records["async-to-thread"]["threads_busy_peak"] == 0 and records["async-blocking"]["threads_busy_peak"] == 0
+    # The stack watchdog names the line that blocked the loop: the sleep in the shared
+    # lookup, inside the `async def` route only.
+    source = (ROOT / "apps" / "blocking" / "app.py").read_text().splitlines()
+    sleep_line = 1 + next(i for i, line in enumerate(source) if "time.sleep(" in line)
+    [top, *_] = records["async-blocking"]["stall_sites"]
+    assert (top["where"], top["function"]) == (f"apps/blocking/app.py:{sleep_line}", "blocking_lookup")
+    # A stall is a whole pass of the loop over the waiting requests (20 users x 20 ms, the
+    # watchdog's heartbeat runs once per pass), so a second of window holds two or three.
+    caught = records["async-blocking"]["stalls_caught"]
+    assert caught >= 2 and top["stalls"] >= 0.9 * caught
+    assert top["lag_ms_total"] / top["stalls"] >= 100
+    assert records["async-to-thread"]["stalls_caught"] <= 2 and records["sync-def"]["stalls_caught"] <= 2
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["database"]["source"] == "dsn" and manifest["pairs"] == {"blocking": {"block_ms": 20}}
 

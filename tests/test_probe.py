@@ -21,7 +21,7 @@ import psutil
 import pytest
 from packaging.requirements import Requirement
 
-from apps.watchdog import StackWatchdog
+from apps.instruments import StackWatchdog
 from harness import probe, probe_report, store
 from harness.database import Database
 from harness.pairs import ROOT
@@ -177,6 +177,25 @@ def test_a_healthy_app_gets_a_clean_bill_with_the_knee_as_information() -> None:
     findings = probe_report.diagnose(_summary(), MANIFEST)
     assert [f["kind"] for f in findings] == ["knee"]
     assert not findings[0]["problem"]
+
+
+def test_stalls_inside_garbage_collections_are_information_not_a_blocking_call() -> None:
+    # The watchdog caught the loop inside the instruments' gc callback: the collector paused it.
+    collection = {
+        "file": str(ROOT / "apps" / "instruments.py"), "where": "apps/instruments.py:68", "function": "_callback",
+        "code": "def _callback(self, phase, info):", "in_app": False, "blocked_in": "apps/instruments.py:68 _callback",
+        "stalls": 6, "lag_ms_total": 320.0, "lag_ms_max": 66.0, "stack": ["apps/instruments.py:68 _callback"],
+    }  # fmt: skip
+    summary = _summary(level={"loop_lag_p99_ms": 70.0}, stalls={"captured": 6, "missed": 0, "sites": [collection]})
+    findings = {f["kind"]: f for f in probe_report.diagnose(summary, MANIFEST)}
+    assert [kind for kind, f in findings.items() if f["problem"]] == []
+    assert "6 of the 6 stalls" in findings["gc pauses"]["text"]
+    # A blocking call beside them still is one.
+    blocking = collection | {"file": "/app/crud.py", "where": "app/crud.py:2", "function": "get_user", "in_app": True}
+    summary["stalls"] = {"captured": 46, "missed": 0, "sites": [blocking | {"stalls": 40}, collection]}
+    findings = {f["kind"]: f for f in probe_report.diagnose(summary, MANIFEST)}
+    assert findings["loop stalls"]["problem"] and "`get_user` at app/crud.py:2" in findings["loop stalls"]["text"]
+    assert not findings["gc pauses"]["problem"]
 
 
 def test_diagnosis_names_the_blocking_line_the_exhausted_pool_and_the_busy_threads() -> None:
