@@ -274,7 +274,8 @@ def stack_of(frame: FrameType | None, limit: int = MAX_FRAMES) -> Stack:
     frames: list[Frame] = []
     while frame is not None and len(frames) < limit:
         code = frame.f_code
-        frames.append((code.co_filename, frame.f_lineno, code.co_name))
+        # f_lineno is None while a frame runs an instruction with no line (3.11+): 0 then.
+        frames.append((code.co_filename, frame.f_lineno or 0, code.co_name))
         frame = frame.f_back
     return tuple(frames)
 

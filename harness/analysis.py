@@ -265,7 +265,7 @@ def read_stalls(folder: Path, window: tuple[float, float] | None) -> list[dict[s
 
 def _suite_where(frame: list[Any]) -> str:
     path = Path(str(frame[0]))
-    return f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{frame[1]}"
+    return f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{frame[1] or 0}"
 
 
 def suite_stall_sites(stalls: list[dict[str, Any]]) -> list[StallSite]:
@@ -275,6 +275,8 @@ def suite_stall_sites(stalls: list[dict[str, Any]]) -> list[StallSite]:
     sites: dict[str, StallSite] = {}
     for stall in stalls:
         stack = stall["samples"][0][1]
+        if not stack:
+            continue
         mine = [f for f in stack if str(f[0]).startswith(str(SUITE_APPS)) and str(f[0]) != INSTRUMENTS]
         frame = mine[0] if mine else stack[0]
         where = _suite_where(frame)
@@ -283,7 +285,7 @@ def suite_stall_sites(stalls: list[dict[str, Any]]) -> list[StallSite]:
             {
                 "where": where,
                 "function": str(frame[2]),
-                "code": linecache.getline(str(frame[0]), int(frame[1])).strip(),
+                "code": linecache.getline(str(frame[0]), int(frame[1] or 0)).strip(),
                 "blocked_in": f"{_suite_where(stack[0])} {stack[0][2]}",
                 "stalls": 0,
                 "lag_ms_total": 0.0,

@@ -941,16 +941,16 @@ def stall_sites(run_dir: Path, samples: list[SampleRecord], app_dir: Path) -> di
             captured += 1
             stack = stall["samples"][0][1]
             site, in_app = blocking_site(stack, app_dir, libraries)
-            key = (str(site[0]), int(site[1]))
+            key = (str(site[0]), int(site[1] or 0))
             entry = sites.setdefault(
                 key,
                 {
                     "file": str(site[0]),
                     "where": _where(site, app_dir),
-                    "line": int(site[1]),
+                    "line": int(site[1] or 0),
                     "function": str(site[2]),
                     "in_app": in_app,
-                    "code": linecache.getline(str(site[0]), int(site[1])).strip(),
+                    "code": linecache.getline(str(site[0]), int(site[1] or 0)).strip(),
                     "blocked_in": f"{_where(stack[0], app_dir)} {stack[0][2]}",
                     "stack": [f"{_where(frame, app_dir)} {frame[2]}" for frame in stack[:12]],
                     "stalls": 0,

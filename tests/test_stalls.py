@@ -40,6 +40,12 @@ def test_a_stall_is_credited_to_the_innermost_line_of_the_suites_apps() -> None:
     assert sites[0]["function"] == "blocking_dep" and sites[1]["blocked_in"].endswith("execute")
 
 
+def test_a_frame_without_a_line_number_is_kept_at_line_0() -> None:
+    # A frame between instructions has no line (f_lineno None) in stored stalls.
+    [site] = analysis.suite_stall_sites([stall(1.0, 30, (APP, None, "f"))])  # type: ignore[arg-type]
+    assert site["where"] == "apps/deps/app.py:0" and site["code"] == ""
+
+
 def test_sites_add_up_over_a_variants_samples() -> None:
     one = analysis.suite_stall_sites([stall(1.0, 30, (APP, 41, "f")), stall(2.0, 30, (APP, 9, "g"))])
     two = analysis.suite_stall_sites([stall(1.0, 20, (APP, 9, "g")), stall(2.0, 20, (APP, 9, "g"))])
