@@ -139,8 +139,9 @@ def _speed_line(summary: dict[str, Any]) -> str:
     return (
         "- Machine speed: beside the load, the runner times a fixed piece of pure-Python work every 50 ms by its "
         "thread CPU time (waiting for a core does not count). A shared host that slows every process charges each "
-        "request more CPU (measured here: server, PostgreSQL and Locust CPU per request all about doubled within "
-        "one run), so checks on server CPU per request read it speed-adjusted: the ms measured times "
+        "request more CPU (measured in the stored run 20261201-233639-default: server, PostgreSQL and Locust CPU "
+        "per request all about doubled within it), so checks on server CPU per request read it speed-adjusted: "
+        "the ms measured times "
         f"{REFERENCE_UNIT_MS:g} ms over the window's mean work-unit time." + seen
     )
 

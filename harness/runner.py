@@ -558,14 +558,18 @@ class LoadLimits:
         deadline = run_time + scenario.request_timeout_s + 30 + 10 * scenario.locust_workers
         return cls(measured_s, min_requests, max_measure_s, warmup_cap_s, run_time, deadline)
 
+    @property
+    def measure(self) -> tuple[float, int, float]:
+        """What start_locust passes the locustfile about the measured phase."""
+        return self.measured_s, self.min_requests, self.max_measure_s
+
 
 def arm_load(port: int, path: str, scenario: Scenario, sample: Sample, folder: Path) -> ManagedProcess:
     """Locust started early and waiting for its go file (the locustfile's --bench-go):
     its start-up (0.7 s a sample of imports and set-up, measured) overlaps the server's instead
     of adding to every sample. Nothing is sent until run_load says go."""
     limits = LoadLimits.of(scenario, sample)
-    measure = (limits.measured_s, limits.min_requests, limits.max_measure_s)
-    return start_locust(port, path, scenario, sample, folder, limits.run_time, measure, go_file=folder / GO_FILE)
+    return start_locust(port, path, scenario, sample, folder, limits.run_time, limits.measure, go_file=folder / GO_FILE)
 
 
 # The file an armed Locust waits for (arm_load); the locustfile removes it when it starts.
@@ -592,12 +596,11 @@ def run_load(
     measured_s, max_measure_s, warmup_cap_s = limits.measured_s, limits.max_measure_s, limits.warmup_cap_s
     deadline = limits.deadline
     started = time.monotonic()
-    measure = (measured_s, limits.min_requests, max_measure_s)
     if armed is not None:
         locust = armed
         (folder / GO_FILE).touch()
     else:
-        locust = start_locust(port, path, scenario, sample, folder, limits.run_time, measure, target)
+        locust = start_locust(port, path, scenario, sample, folder, limits.run_time, limits.measure, target)
     try:
         sampler.watch_generator([locust, *locust.companions])
         while (code := locust.wait(1.0)) is None:
