@@ -331,6 +331,7 @@ def _connections(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
     cpu, rss, fds = (_column(samples, c) for c in ("server_cpu_pct", "server_rss_mb", "server_fds"))
     sessions = _column(samples, "sessions").dropna()
     started = samples.loc[sessions.index, "time"] if len(sessions) else None
+    used = samples[_usage_rows(samples)]
     return {
         "peak_connections": int(counted["total"].max()) if len(counted) else None,
         "mean_connections": float(counted["total"].mean()) if len(counted) else None,
@@ -349,12 +350,42 @@ def _connections(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
         "server_fds_slope_per_min": slope_per_min(samples["time"], fds),
         "generator_cpu_pct": _mean(_column(samples, "generator_cpu_pct")),
         "postgres_cpu_pct": _mean(_column(samples, "postgres_cpu_pct")),
-        # Server, PostgreSQL and load generator together, of the machine's cores x 100%.
+        # Server, PostgreSQL and load generator together, of the machine's cores x 100%,
+        # over the rows that sampled usage (backends are sampled more often).
         "machine_cpu_pct": _mean(
-            _column(samples, "server_cpu_pct").fillna(0)
-            + _column(samples, "postgres_cpu_pct").fillna(0)
-            + _column(samples, "generator_cpu_pct").fillna(0)
+            _column(used, "server_cpu_pct").fillna(0)
+            + _column(used, "postgres_cpu_pct").fillna(0)
+            + _column(used, "generator_cpu_pct").fillna(0)
         ),
+    }
+
+
+def _usage_rows(samples: pd.DataFrame) -> pd.Series:
+    """The rows where the sampler read CPU and memory (all of them in runs stored before
+    backends were sampled more often than usage)."""
+    columns = [c for c in ("server_cpu_pct", "postgres_cpu_pct", "generator_cpu_pct") if c in samples]
+    if not columns:
+        return pd.Series(False, index=samples.index)
+    return samples[columns].notna().any(axis=1)
+
+
+SAMPLER_FILE = "sampler.json"
+
+
+def _sampler_cost(folder: Path) -> dict[str, float | None]:
+    """What the connection sampler cost itself over the sample (harness.sampling): its
+    thread's CPU in the runner and its backend's in PostgreSQL, each in % of one core."""
+    try:
+        cost = read_json(folder / SAMPLER_FILE)
+        seconds = float(cost["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"sampler_cpu_pct": None, "sampler_postgres_cpu_pct": None}
+    if seconds <= 0:
+        return {"sampler_cpu_pct": None, "sampler_postgres_cpu_pct": None}
+    postgres = cost.get("postgres_cpu_s")
+    return {
+        "sampler_cpu_pct": 100 * float(cost["runner_cpu_s"]) / seconds,
+        "sampler_postgres_cpu_pct": None if postgres is None else 100 * float(postgres) / seconds,
     }
 
 
@@ -487,6 +518,7 @@ def summarize_sample(folder: Path) -> SampleRecord:
         stalls = [s for s in read_stalls(folder, window) if s.get("samples")]
         record["stalls_caught"] = len(stalls)
         record["stall_sites"] = suite_stall_sites(stalls)
+    record |= _sampler_cost(folder)
     record["rps_per_second"] = per_second_rps(folder, window)
     record["flags"] = sample_flags(record) + _tally_flags(tallies, meta)
     if meta.get("mode") == "soak":

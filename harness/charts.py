@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import textwrap
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,41 @@ def variant_colors(records: list[VariantRecord]) -> dict[str, str]:
     return colors
 
 
-def _save(fig: Any, title: str, out: Path) -> None:
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+# Margins and gaps between panels, in inches: room for a title, tick labels and an axis
+# label. Fixed margins instead of tight_layout, which draws every figure twice (a third
+# of the report's rendering time).
+MARGIN_IN = {"left": 0.8, "right": 0.25, "top": 0.65, "bottom": 0.75}
+GAP_IN = {"width": 0.85, "height": 1.0}
+
+
+TITLE_LINE_IN = 0.22  # one line of an 11-point title
+TITLE_CHAR_IN = 0.085  # the width of one of its characters, about
+
+
+def _layout(fig: Any, title: str, bottom_in: float = 0.0) -> None:
+    width, height = fig.get_size_inches()
+    lines = textwrap.wrap(title, max(20, int((width - 0.4) / TITLE_CHAR_IN))) or [""]
+    fig.suptitle("\n".join(lines), fontsize=11, y=1 - 0.12 / height, va="top")
+    rows, columns = fig.axes[0].get_subplotspec().get_gridspec().get_geometry()
+    left, right = MARGIN_IN["left"] / width, 1 - MARGIN_IN["right"] / width
+    top = 1 - (MARGIN_IN["top"] + TITLE_LINE_IN * (len(lines) - 1)) / height
+    bottom = (MARGIN_IN["bottom"] + bottom_in) / height
+    # subplots_adjust takes gaps as fractions of the average panel's size.
+    panel_w = (width * (right - left) - (columns - 1) * GAP_IN["width"]) / columns
+    panel_h = (height * (top - bottom) - (rows - 1) * GAP_IN["height"]) / rows
+    fig.subplots_adjust(
+        left=left,
+        right=right,
+        top=top,
+        bottom=bottom,
+        wspace=GAP_IN["width"] / panel_w,
+        hspace=GAP_IN["height"] / panel_h,
+    )
+
+
+def _save(fig: Any, title: str, out: Path, bottom_in: float = 0.0) -> None:
+    """`bottom_in`: room below the panels for a figure legend."""
+    _layout(fig, title, bottom_in)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)
@@ -132,6 +165,7 @@ def chart_pair(run_dir: Path, pair: Pair, records: list[VariantRecord], out: Pat
         for r in ok:
             frame = _series(run_dir, r, file, column)
             if frame is not None and value in frame:
+                frame = frame.dropna(subset=[value])  # usage is sampled less often than backends
                 style = ROLE_STYLES.get(r["role"], "-")
                 ax.plot(
                     frame["t"], frame[value], style, label=r["variant"], color=by_variant[r["variant"]], linewidth=1.2
@@ -146,6 +180,59 @@ def chart_pair(run_dir: Path, pair: Pair, records: list[VariantRecord], out: Pat
     axes[1][1].set_yscale("log")
     axes[2][0].set_yscale("symlog", linthresh=1.0)  # lag is often 0.0x ms: linear below 1 ms
     _save(fig, f"{pair.name}: {pair.claim}", out)
+
+
+# Backend states as pg_stat_activity names them, bottom to top, each in one colour in every
+# panel; "other" is the rest (fastpath, disabled, a backend still starting up).
+STATES = (
+    ("active", "active", "#d1495b"),
+    ("idle_in_transaction", "idle in transaction", "#f18f01"),
+    ("idle", "idle", "#2e86ab"),
+    ("other", "other", "#b0b0b0"),
+)
+STATE_PANELS_PER_ROW = 4
+
+
+def chart_states(run_dir: Path, pair: Pair, records: list[VariantRecord], out: Path) -> bool:
+    """The variant's backends by state over its sample, stacked: one panel per variant,
+    all on one scale, so where the connections sit (running, waiting inside a
+    transaction, parked in a pool) compares at a glance. None for a pair whose variants
+    opened no backend (the table says 0)."""
+    drawn = []
+    for r in records:
+        if r["status"] != "ok":
+            continue
+        frame = _series(run_dir, r, "connections.csv", "time")
+        if frame is not None and all(state in frame for state, _, _ in STATES):
+            drawn.append((r, frame))
+    top = max((float(frame["total"].max()) for _, frame in drawn), default=0.0)
+    if not drawn or not top > 0:
+        return False
+    columns = min(STATE_PANELS_PER_ROW, len(drawn))
+    rows = -(-len(drawn) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows + 0.6), squeeze=False, sharey=True)
+    for ax, (r, frame) in zip(axes.flat, drawn, strict=False):
+        warmup_end = _warmup_end(run_dir, [r])
+        if warmup_end:
+            ax.axvspan(0, warmup_end, color="#ececec")
+        ax.stackplot(
+            frame["t"],
+            *(frame[state].fillna(0) for state, _, _ in STATES),
+            labels=[label for _, label, _ in STATES],
+            colors=[color for _, _, color in STATES],
+            step="post",
+        )
+        ax.set_title(f"{r['variant']} ({r['role']})", fontsize=9)
+        ax.set_xlabel("seconds since load start", fontsize=8)
+        ax.set_ylim(0, top * 1.08)
+    for ax in list(axes.flat)[len(drawn) :]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("PostgreSQL backends")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(STATES), fontsize=8, frameon=False)
+    title = f"{pair.name}: backends by state (pg_stat_activity; grey = warm-up)"
+    _save(fig, title, out, bottom_in=0.3)
+    return True
 
 
 def sweep_points(pair: Pair, records: list[VariantRecord]) -> dict[str, list[tuple[int, VariantRecord]]]:
@@ -236,7 +323,8 @@ def chart_soak(run_dir: Path, pair: Pair, records: list[VariantRecord], out: Pat
         samples = samples[samples["time"] >= start]
         style = ROLE_STYLES.get(r["role"], "-")
         for ax, column in ((axes[0], "total"), (axes[1], "server_rss_mb")):
-            ax.plot(samples["time"] - start, samples[column], style, color=colors[r["variant"]], label=r["variant"])
+            known = samples.dropna(subset=[column])
+            ax.plot(known["time"] - start, known[column], style, color=colors[r["variant"]], label=r["variant"])
         history = analysis.read_history(folder)
         history = history[history["Timestamp"] >= start]
         axes[2].plot(
@@ -266,6 +354,8 @@ def draw_pair(
         drawn.append(f"{pair.name}-sweep.png")
     chart_pair(run_dir, pair, records, out_dir / f"{pair.name}.png")
     drawn.append(f"{pair.name}.png")
+    if chart_states(run_dir, pair, records, out_dir / f"{pair.name}-states.png"):
+        drawn.append(f"{pair.name}-states.png")
     if chart_levels(pair, records, p99_target_ms, out_dir / f"{pair.name}-users.png"):
         drawn.append(f"{pair.name}-users.png")
     if chart_soak(run_dir, pair, records, out_dir / f"{pair.name}-soak.png"):

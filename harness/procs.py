@@ -90,6 +90,9 @@ class ManagedProcess(Service["ManagedProcess"]):
         self.proc: subprocess.Popen[bytes] | None = None
         # Started for this process's sake (e.g. its stub upstream); stopped after it.
         self.companions: list[ManagedProcess] = []
+        # How long a stop waits after SIGTERM before SIGKILL, where this process's own
+        # graceful end matters less than the caller's `grace_s` (None: the caller's).
+        self.stop_grace_s: float | None = None
 
     @property
     def pid(self) -> int:
@@ -147,7 +150,7 @@ class ManagedProcess(Service["ManagedProcess"]):
         """SIGTERM the group, then SIGKILL whatever is left after `grace_s`; then the
         companions."""
         try:
-            self._stop_group(grace_s)
+            self._stop_group(grace_s if self.stop_grace_s is None else self.stop_grace_s)
         finally:
             for companion in self.companions:
                 companion.stop(grace_s)

@@ -128,6 +128,10 @@ class Record(TypedDict):
     generator_cpu_pct: float | None
     postgres_cpu_pct: float | None
     machine_cpu_pct: float | None
+    # The connection sampler's own cost over the sample, % of one core: its thread in the
+    # runner, its backend in PostgreSQL (None where PostgreSQL runs elsewhere).
+    sampler_cpu_pct: float | None
+    sampler_postgres_cpu_pct: float | None
     server_cpu_ms_per_request: float | None
     # CPU ms of the speed probe's work unit during the window (mean), and the CPU per
     # request scaled by it to the reference speed (harness.pairs.speed_adjusted_cpu).

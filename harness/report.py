@@ -28,7 +28,7 @@ from harness.records import (
     VariantRecord,
     VerdictEntry,
 )
-from harness.scenario import P99_TARGET_MS
+from harness.scenario import P99_TARGET_MS, pair_load
 
 TOP_REPORT = ROOT / "REPORT.md"
 
@@ -124,6 +124,33 @@ def _environment(manifest: dict[str, Any], calibration: Calibration) -> list[str
         f"| Scenario | {_load_plan(scenario)} |",
         f"| Load generator | {_load_generator(manifest, calibration)} |",
     ]
+
+
+def _sampling_line(scenario: dict[str, Any], summary: dict[str, Any]) -> str:
+    """The Method's word on the connection sampler: how often, and what it cost itself."""
+    interval = float(scenario.get("sample_interval_s") or 0.5)
+    usage = max(interval, float(scenario.get("usage_interval_s") or interval))
+    samples = summary.get("samples", [])
+    runner = sorted(s["sampler_cpu_pct"] for s in samples if s.get("sampler_cpu_pct") is not None)
+    backend = sorted(s["sampler_postgres_cpu_pct"] for s in samples if s.get("sampler_postgres_cpu_pct") is not None)
+    cost = ""
+    if runner:
+        cost = (
+            f" Its own cost, median (largest) over {len(runner)} samples: {runner[len(runner) // 2]:.1f}% "
+            f"({runner[-1]:.1f}%) of one core in the runner"
+        )
+        cost += (
+            f" and {backend[len(backend) // 2]:.1f}% ({backend[-1]:.1f}%) in its PostgreSQL backend, which the "
+            "PostgreSQL CPU column includes."
+            if backend
+            else "; its PostgreSQL backend's is not known (PostgreSQL runs elsewhere)."
+        )
+    return (
+        "- Backends are counted from `pg_stat_activity` (client backends on the suite's database, the harness's "
+        f"own excluded) every {interval:g} s, and server, PostgreSQL and generator CPU, memory and descriptors "
+        f"every {usage:g} s, by one sampler thread in the runner." + cost + " After each variant the runner ends "
+        "leftover backends and waits for the baseline."
+    )
 
 
 def _speed_line(summary: dict[str, Any]) -> str:
@@ -459,7 +486,8 @@ def _pair_section(
         lines += _checks(
             verdict.get("checks") or [], (summary.get("blocks") or {}).get(pair.name), verdict.get("shown") or []
         )
-    setup = [f"{k}={v}" for k, v in knobs.items()] + [f"{k}={v:g} (this pair's own)" for k, v in pair.load.items()]
+    own = pair_load(pair.load, manifest["scenario"])
+    setup = [f"{k}={v}" for k, v in knobs.items()] + [f"{k}={v:g} (this pair's own)" for k, v in own.items()]
     if setup:
         lines += [f"**Settings.** {', '.join(setup)}.", ""]
     lines += [*_table(records), "", *_table(records, RESOURCE_COLUMNS), ""]
@@ -764,9 +792,7 @@ def render(run_dir: Path, write_top_report: bool) -> Path:
             "and records how late it woke; its p99 over the measured window is the direct measure of a blocked loop. "
             "The same task counts the anyio worker-thread tokens in use (of 40), which `def` endpoints and sync "
             "dependencies borrow.",
-            "- Backends are counted from `pg_stat_activity` (client backends on the suite's database, the harness's "
-            "own excluded) every 0.5 s; after each variant the runner ends leftover backends and waits for the "
-            "baseline.",
+            _sampling_line(manifest["scenario"], summary),
             "- Load generator, server and PostgreSQL share one machine: compare variants within a run, as ratios.",
             "",
         ]

@@ -42,7 +42,7 @@ from harness.procs import (
 )
 from harness.records import Calibration, Counters, SampleMeta, SampleRecord, Verification
 from harness.sampling import ConnectionSampler, Probe, SpeedProbe
-from harness.scenario import Scenario, override
+from harness.scenario import Scenario, override, pair_load
 
 LOCUSTFILE = ROOT / "scenarios" / "locustfile.py"
 # Where the embedded server keeps its data between runs (git-ignored).
@@ -62,8 +62,9 @@ class RunPlan:
     resume: bool = False  # keep variants already measured in run_dir
 
     def scenario_for(self, pair: Pair) -> Scenario:
-        """The scenario with the fields the pair's experiment fixes (e.g. its users)."""
-        return override(self.scenario, **pair.load)
+        """The scenario with the fields the pair's experiment fixes (e.g. its users), as
+        far as they apply in this scenario (harness.scenario.pair_load)."""
+        return override(self.scenario, **pair_load(pair.load, self.scenario.to_dict()))
 
 
 def resolve_knobs(pairs: list[Pair], settings: list[str]) -> dict[str, dict[str, int]]:
@@ -133,6 +134,9 @@ def _uvicorn(app: str, port: int, *extra: str) -> list[str]:
     return [python_bin(), "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), *extra]
 
 
+UPSTREAM_STOP_GRACE_S = 0.2
+
+
 def start_upstream(folder: Path, scenario: Scenario) -> tuple[ManagedProcess, int]:
     """The stub upstream (harness.upstream) on a free loopback port, answering /ping;
     returns it and its port."""
@@ -144,6 +148,9 @@ def start_upstream(folder: Path, scenario: Scenario) -> tuple[ManagedProcess, in
         os.environ | {"PYTHONPATH": str(ROOT)},
         ROOT,
     )
+    # Once its caller has stopped, nothing the stub holds is measured: its slow calls (3 s
+    # in `timeouts`) are cut instead of waited out, which would add seconds to a sample.
+    upstream.stop_grace_s = UPSTREAM_STOP_GRACE_S
     upstream.serve(f"http://127.0.0.1:{port}/ping", scenario.start_timeout_s)
     return upstream, port
 
@@ -482,6 +489,7 @@ def start_locust(
         "--bench-warmup", str(scenario.warmup_s),
         "--bench-timeout", str(scenario.request_timeout_s),
         "--bench-warmup-max", str(scenario.warmup_max_s),
+        "--bench-warmup-grace", str(scenario.warmup_grace_s),
         "--bench-phases", str(folder / "phases.json"),
         "--bench-rate", str(sample.rate if sample else 0.0),
         "--bench-check-body", check_body,
@@ -728,7 +736,7 @@ def measure_sample(plan: RunPlan, db: Database, sample: Sample, progress: Progre
         "block": sample.block,
         "primary": sample.primary,
         "workers": scenario.locust_workers,
-        "load_overrides": pair.load,
+        "load_overrides": pair_load(pair.load, plan.scenario.to_dict()),
         "status": "running",
         "error": None,
     }
@@ -764,7 +772,13 @@ def measure_sample(plan: RunPlan, db: Database, sample: Sample, progress: Progre
             lap("verify")
             progress.say("verified; load running")
             sampler = ConnectionSampler(
-                db, server.pid, folder / "connections.csv", scenario.sample_interval_s, db.server_pid
+                db,
+                server.pid,
+                folder / "connections.csv",
+                scenario.sample_interval_s,
+                db.server_pid,
+                scenario.usage_interval_s,
+                folder / analysis.SAMPLER_FILE,
             )
             with (
                 machine_load_lock(progress.say),

@@ -1,6 +1,7 @@
-"""Samplers that run beside the load: PostgreSQL backends plus server CPU and memory
-every `interval_s`, and the /ping probe at a fixed rate. Each streams its rows to a
-CSV as it goes, so a crash keeps what was sampled.
+"""Samplers that run beside the load: PostgreSQL backends by state every `interval_s`
+and server, PostgreSQL and generator CPU and memory every `usage_interval_s`, the /ping
+probe at a fixed rate, and the machine's speed. Each streams its rows to a CSV as it
+goes, so a crash keeps what was sampled.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import http.client
+import json
 import queue
 import threading
 import time
@@ -86,12 +88,61 @@ class TreeCPU:
         return max(0.0, (seconds - last_seconds) / max(now - last_now, 1e-6) * 100)
 
 
+class _BackendCPU:
+    """CPU seconds the sampler's own PostgreSQL backends used: its query cost, paid by
+    PostgreSQL. None when the server runs elsewhere (a Docker or remote DSN)."""
+
+    def __init__(self) -> None:
+        self.done_s: float | None = 0.0
+        self.current: tuple[psutil.Process, float] | None = None
+
+    def watch(self, conn: Any) -> None:
+        self.close()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_backend_pid()")
+                process = psutil.Process(int(cur.fetchone()[0]))
+            self.current = (process, self._seconds(process))
+        except Exception:  # psutil's, or the query's: one backend unknown, the total unknown
+            self.done_s = None  # one backend unknown: the total is unknown
+
+    def close(self) -> None:
+        if self.current is None:
+            return
+        process, start = self.current
+        self.current = None
+        try:
+            if self.done_s is not None:
+                self.done_s += self._seconds(process) - start
+        except psutil.Error:
+            self.done_s = None
+
+    @staticmethod
+    def _seconds(process: psutil.Process) -> float:
+        times = process.cpu_times()
+        return float(times.user + times.system)
+
+
 class ConnectionSampler(_Thread):
+    """Backends by state every `interval_s`; CPU, memory and descriptors of server,
+    PostgreSQL and generator every `usage_interval_s` (walking every PostgreSQL process
+    costs far more than one pg_stat_activity query, and CPU shares need a span to mean
+    anything). With `cost_file`, it writes what it cost itself when it stops."""
+
     def __init__(
-        self, db: Database, server_pid: int, out: Path, interval_s: float, postgres_pid: int | None = None
+        self,
+        db: Database,
+        server_pid: int,
+        out: Path,
+        interval_s: float,
+        postgres_pid: int | None = None,
+        usage_interval_s: float | None = None,
+        cost_file: Path | None = None,
     ) -> None:
         super().__init__()
         self.db, self.out, self.interval_s = db, out, interval_s
+        self.usage_interval_s = max(interval_s, usage_interval_s or interval_s)
+        self.cost_file = cost_file
         self.last_total: int | str = "?"  # for the progress line
         try:
             self.server: psutil.Process | None = psutil.Process(server_pid)
@@ -143,15 +194,18 @@ class ConnectionSampler(_Thread):
 
     def _run(self) -> None:
         conn: Any = None
+        backend = _BackendCPU()
+        started, started_cpu, ticks = time.monotonic(), time.thread_time(), 0
         with open(self.out, "w", newline="") as handle:
             writer = csv.DictWriter(handle, CONNECTION_FIELDS)
             writer.writeheader()
-            next_at = time.monotonic()
+            next_at = usage_at = time.monotonic()
             while not self._stop.is_set():
                 row: dict[str, Any] = {"time": f"{time.time():.3f}"}
                 try:
                     if conn is None:
                         conn = self.db.connect(timeout_s=2)
+                        backend.watch(conn)
                     with conn.cursor() as cur:
                         states = backends_by_state(cur)
                         row["sessions"] = sessions_started(cur)
@@ -166,14 +220,31 @@ class ConnectionSampler(_Thread):
                     self.last_total = row["total"]
                 except Exception as err:  # a sample that failed is recorded, not fatal
                     row["error"] = type(err).__name__
+                    backend.close()
                     with contextlib.suppress(Exception):
                         conn.close()
                     conn = None
-                row |= self._server_usage() | self._load_usage()
+                if next_at >= usage_at - 1e-6:  # this tick is due for usage too
+                    row |= self._server_usage() | self._load_usage()
+                    usage_at += self.usage_interval_s
                 writer.writerow(row)
                 handle.flush()
+                ticks += 1
                 next_at += self.interval_s
                 self._stop.wait(max(0.0, next_at - time.monotonic()))
+        backend.close()
+        if self.cost_file is not None:
+            seconds = time.monotonic() - started
+            cost = {
+                "interval_s": self.interval_s,
+                "usage_interval_s": self.usage_interval_s,
+                "ticks": ticks,
+                "seconds": round(seconds, 3),
+                "runner_cpu_s": round(time.thread_time() - started_cpu, 4),
+                "postgres_cpu_s": None if backend.done_s is None else round(backend.done_s, 4),
+            }
+            with contextlib.suppress(OSError):
+                self.cost_file.write_text(json.dumps(cost))
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import tomllib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,18 @@ class Scenario:
     # While users are still getting their first answers, the warm-up may go on this long
     # (0: only warm-up + a few seconds' grace): a blocked loop takes its users in slowly.
     warmup_max_s: float = 0.0
+    # Once no user has got a first answer for this long, the warm-up ends (at most a
+    # request timeout): a server that serves at all answers its users' first requests
+    # within a second or two.
+    warmup_grace_s: float = 3.0
     duration_s: float = 30.0  # measured load per variant
     probe_rate: float = 10.0  # /ping requests per second alongside the load
     request_timeout_s: float = 10.0  # a Locust request slower than this is a failure
-    sample_interval_s: float = 0.5  # pg_stat_activity sampling period
+    # pg_stat_activity sampling period: a 2 s window holds 20 points, so a spike shows.
+    sample_interval_s: float = 0.1
+    # Server, PostgreSQL and generator CPU, memory and descriptors: a CPU share needs a
+    # span to mean anything, and walking every backend process costs more than a query.
+    usage_interval_s: float = 0.5
     rows: int = 10_000  # rows seeded in the lookup table
     start_timeout_s: float = 30.0  # a variant's server must answer /ping within this
     settle_timeout_s: float = 15.0  # backends must return to baseline within this
@@ -46,6 +55,7 @@ class Scenario:
     calibrate_s: float = 0.0  # > 0: first measure what the load generator can drive, this long
     soak_s: float = 0.0  # > 0: a soak measurement of this length for pairs that declare one
     locust_workers: int = 0  # > 0: Locust's distributed mode with this many worker processes
+    pair_windows: int = 1  # 1: pairs size their own windows where they say so (Pair.load); 0: the scenario's only
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,10 +84,12 @@ MAXIMUM: dict[str, Bound] = {
     "spawn_rate": Bound(2_000, "users per second", "the most users, all started in one second"),
     "warmup_s": Bound(600, "seconds", "a warm-up of 10 minutes reaches any steady state"),
     "warmup_max_s": Bound(600, "seconds", "a warm-up of 10 minutes reaches any steady state"),
+    "warmup_grace_s": Bound(600, "seconds", "a warm-up of 10 minutes reaches any steady state"),
     "duration_s": Bound(3_600, "seconds", "one hour of measured load per sample"),
     "probe_rate": Bound(1_000, "requests per second", "a /ping every millisecond; more would load the server"),
     "request_timeout_s": Bound(300, "seconds", "a request slower than 5 minutes has failed"),
     "sample_interval_s": Bound(60, "seconds", "a pg_stat_activity sample per minute at the least"),
+    "usage_interval_s": Bound(60, "seconds", "a CPU and memory sample per minute at the least"),
     "rows": Bound(10_000_000, "rows", "seeding more takes minutes, and a key lookup costs the same"),
     "start_timeout_s": Bound(600, "seconds", "a server that does not answer in 10 minutes has failed"),
     "settle_timeout_s": Bound(600, "seconds", "backends that linger 10 minutes are not coming back"),
@@ -88,6 +100,7 @@ MAXIMUM: dict[str, Bound] = {
     "max_measure_s": Bound(3_600, "seconds", "one hour of measured load per sample"),
     "rate": Bound(100_000, "requests per second", "far above what one machine's load generator can send"),
     "open_loop": Bound(1, "", "it is a switch: 0 or 1"),
+    "pair_windows": Bound(1, "", "it is a switch: 0 or 1"),
     "p99_target_ms": Bound(60_000, "ms", "a p99 target of a minute is above any request timeout"),
     "calibrate_s": Bound(600, "seconds", "10 minutes measure the load generator's ceiling"),
     "soak_s": Bound(21_600, "seconds", "a soak of 6 hours shows any leak as a slope"),
@@ -115,7 +128,7 @@ def knob_bound(key: str) -> Bound:
 # Fields where 0 means "off"; every other number must be greater than 0.
 _MAY_BE_ZERO = {
     "rate", "open_loop", "calibrate_s", "soak_s", "locust_workers", "budget_s", "min_requests", "max_measure_s",
-    "warmup_max_s",
+    "warmup_max_s", "pair_windows",
 }  # fmt: skip
 _POSITIVE = {f.name for f in fields(Scenario)} - {"name", "description"}
 
@@ -184,6 +197,21 @@ def load(spec: str) -> Scenario:
     except ValueError as err:  # TOMLDecodeError, a file that is not UTF-8, an integer of 5000 digits
         raise BenchError(f"{path}: not valid TOML: {err}") from None
     return _check(path.stem, values, str(path))
+
+
+# The fields of a pair's own load (`Pair.load`) that size its windows rather than define
+# its experiment (as its users or request timeout do).
+WINDOW_FIELDS = ("duration_s", "max_measure_s", "min_requests")
+
+
+def pair_load(load: Mapping[str, float], scenario: Mapping[str, Any]) -> dict[str, float]:
+    """The fields of a pair's own load that apply in this scenario (a dict: a stored
+    run's manifest holds one). With `pair_windows = 0` (a first look) the scenario's
+    windows apply to every pair: the leak pairs' long windows and the request floors of
+    the pairs that decide on p99 belong to the runs that decide."""
+    if int(scenario.get("pair_windows", 1)):
+        return dict(load)
+    return {key: value for key, value in load.items() if key not in WINDOW_FIELDS}
 
 
 def override(scenario: Scenario, **changes: Any) -> Scenario:

@@ -15,9 +15,9 @@ can cut its own samples to the same window.
 The warm-up ends once `--bench-warmup` seconds have passed, every user has been spawned
 and every user has completed at least one request (so connection set-up and the first
 queue of requests stay out of the measured window). A variant where some user never
-completes ends it at the cap: the warm-up plus WARMUP_GRACE_S (or `--bench-timeout`, if
-shorter), or, while users are still getting their first answers, at `--bench-warmup-max`
-(the scenario's `warmup_max_s`);
+completes ends it at the cap: the warm-up plus `--bench-warmup-grace` (the scenario's
+`warmup_grace_s`; or `--bench-timeout`, if shorter), or, while users are still getting
+their first answers, at `--bench-warmup-max` (the scenario's `warmup_max_s`);
 phases.json says whether the cap was hit and how many users had completed. The measured phase then
 lasts `--bench-duration` seconds and, with `--bench-min-requests N`, until the tally holds
 N requests, but never longer than `--bench-max-measure` seconds; then the locustfile stops
@@ -72,6 +72,12 @@ def add_options(parser: Any) -> None:
     parser.add_argument(
         "--bench-warmup-max", type=float, default=0.0, help="warm-up seconds at most while users still get answers"
     )
+    parser.add_argument(
+        "--bench-warmup-grace",
+        type=float,
+        default=WARMUP_GRACE_S,
+        help="end the warm-up once no user got a first answer for this long",
+    )
     parser.add_argument("--bench-phases", default="", help="where the master writes phase times")
     parser.add_argument("--bench-rate", type=float, default=0.0, help="open loop: requests per second in all")
     parser.add_argument("--bench-check-body", type=int, default=1, help="0: status only (calibration)")
@@ -102,16 +108,15 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
 
 
 # How long past the asked warm-up a warm-up waits for every user's first answer when
-# none arrives any more: a server that serves at all answers its users' first requests
-# within a second or two.
+# none arrives any more, unless `--bench-warmup-grace` says otherwise.
 WARMUP_GRACE_S = 3.0
 
 
-def warmup_cap_s(warmup_s: float, timeout_s: float) -> float:
+def warmup_cap_s(warmup_s: float, timeout_s: float, grace_s: float = WARMUP_GRACE_S) -> float:
     """The warm-up's cap while no user gets a first answer: the warm-up asked for plus the
     grace (or one request timeout, if shorter), by which every user's first request has
     completed or failed, unless the server never takes it in."""
-    return max(0.0, warmup_s) + min(WARMUP_GRACE_S, max(0.0, timeout_s))
+    return max(0.0, warmup_s) + min(max(0.0, grace_s), max(0.0, timeout_s))
 
 
 def warmup_limit_s(cap_s: float, max_s: float) -> float:
@@ -129,16 +134,17 @@ def warmup_end(
     completed: int,
     quiet_s: float = float("inf"),
     limit_s: float = 0.0,
+    grace_s: float = WARMUP_GRACE_S,
 ) -> str:
     """Whether the warm-up may end: "ready" once `warmup_s` have passed, all users are
     spawned and each has completed a request; "capped" at `cap_s` if no user got a first
-    answer in the last WARMUP_GRACE_S (`quiet_s`: seconds since the latest), and at
+    answer in the last `grace_s` (`quiet_s`: seconds since the latest), and at
     `limit_s` (the `warmup_limit_s`) whatever they did; "" to go on."""
     if elapsed_s >= warmup_s and spawned and users > 0 and completed >= users:
         return "ready"
     if elapsed_s >= max(cap_s, limit_s):
         return "capped"
-    if elapsed_s >= cap_s and quiet_s >= min(WARMUP_GRACE_S, cap_s):
+    if elapsed_s >= cap_s and quiet_s >= min(grace_s, cap_s):
         return "capped"
     return ""
 
@@ -316,7 +322,8 @@ def control(environment: Any, phases_file: str) -> None:
     measure until that may end, stop the load."""
     options = _options(environment)
     started = time.monotonic()
-    cap = warmup_cap_s(options.bench_warmup, options.bench_timeout)
+    grace = float(options.bench_warmup_grace)
+    cap = warmup_cap_s(options.bench_warmup, options.bench_timeout, grace)
     limit = warmup_limit_s(cap, options.bench_warmup_max)
     answered, answered_at = 0, started
     while True:
@@ -324,8 +331,9 @@ def control(environment: Any, phases_file: str) -> None:
         now = time.monotonic()
         if completed > answered:  # another user's first answer: the warm-up is still making progress
             answered, answered_at = completed, now
+        quiet = now - answered_at
         verdict = warmup_end(
-            now - started, options.bench_warmup, cap, PROGRESS.spawned, users, completed, now - answered_at, limit
+            now - started, options.bench_warmup, cap, PROGRESS.spawned, users, completed, quiet, limit, grace
         )
         if verdict:
             break

@@ -107,6 +107,9 @@ def test_report_is_built_from_the_run_folder(tmp_path: Path) -> None:
         chart = run_dir / "charts" / f"{pair}.png"
         assert chart.is_file() and chart.read_bytes()[:4] == b"\x89PNG"
         assert f"](charts/{pair}.png)" in text
+        # Backends by state, stacked, one panel per variant.
+        states = run_dir / "charts" / f"{pair}-states.png"
+        assert states.is_file() and f"](charts/{pair}-states.png)" in text
 
 
 def test_report_verdict_flips_with_the_data(tmp_path: Path) -> None:
@@ -222,3 +225,22 @@ def test_top_report_shows_the_newest_sweep_and_soak_beside_its_run(
     assert "| `async-to-thread` | 40 (40) | 400 (40) |" in text and "### Soak" not in text
     # A run's own report never carries the section.
     assert "## Sweeps and soaks" not in (default / "REPORT.md").read_text()
+
+
+def test_usage_sampled_less_often_than_backends_is_averaged_over_its_own_rows(tmp_path: Path) -> None:
+    """Backends every 0.1 s, CPU every 0.5 s: the rows without CPU count for the states
+    and never as 0% CPU in the machine's total."""
+    folder = write_variant(tmp_path, "sessions", "connect-closed", "good")
+    path = folder / "connections.csv"
+    header = "time,total,active,idle,idle_in_transaction,other,sessions,server_cpu_pct,server_rss_mb,server_fds"
+    rows = [header + ",generator_cpu_pct,postgres_cpu_pct,error"]
+    for i in range(100):  # the window is 1000-1010 s
+        usage = i % 5 == 0
+        cpu = "80,120,40,30,50" if usage else ",,,,"
+        rows.append(f"{1000 + 0.1 * i:.1f},{4 + i % 2},{i % 2},4,0,0,1000,{cpu},")
+    path.write_text("\n".join(rows) + "\n")
+    record = analysis.summarize_sample(folder)
+    assert record["server_cpu_pct"] == pytest.approx(80.0)
+    assert record["machine_cpu_pct"] == pytest.approx(80.0 + 30.0 + 50.0)
+    assert record["mean_connections"] == pytest.approx(4.5, abs=0.02) and record["peak_active"] == 1
+    assert record["server_rss_mb_peak"] == 120.0

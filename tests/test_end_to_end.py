@@ -68,6 +68,14 @@ def test_tiny_run_end_to_end(tmp_path: Path) -> None:
         connections = store.raw(out / pair / variant / record["sample"], "connections.csv")
         rows = gzip.decompress(connections.read_bytes()).decode().splitlines()
         assert len(rows) > 3, "connection samples for the whole load"
+        # Backends every 0.1 s, CPU and memory every 0.5 s: about one row in five has usage.
+        header, *body = [row.split(",") for row in rows]
+        cpu = header.index("server_cpu_pct")
+        with_usage = sum(1 for row in body if row[cpu])
+        assert 3 * with_usage <= len(body) <= 7 * with_usage + 7, (pair, variant, with_usage, len(body))
+        # The sampler's own cost is measured, not assumed: a thread that ran cost something.
+        assert record["sampler_cpu_pct"] is not None and 0 < record["sampler_cpu_pct"] < 50
+        assert record["sampler_postgres_cpu_pct"] is not None and record["sampler_postgres_cpu_pct"] >= 0
         if record["role"] == "good":
             assert record["rps"] > 0 and record["failure_rate"] < 0.01
     # The leaky pool runs dry: its failures are counted, not hidden.
@@ -77,6 +85,10 @@ def test_tiny_run_end_to_end(tmp_path: Path) -> None:
     for pair in E2E_PAIRS:
         assert summary["verdicts"][pair]["text"] in text
         assert (out / "charts" / f"{pair}.png").is_file()
+        # Backends by state for the pairs that open any (gather calls no database).
+        opened = any((r["peak_connections"] or 0) > 0 for (p, _), r in records.items() if p == pair)
+        assert (out / "charts" / f"{pair}-states.png").is_file() == opened, pair
+    assert "Its own cost, median (largest)" in text
     password = (E2E_PG_HOME / "password").read_text().strip()
     for file in out.rglob("*"):
         if file.is_file() and file.suffix in {".json", ".md", ".csv", ".log"}:

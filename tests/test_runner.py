@@ -158,3 +158,17 @@ def test_a_controls_fixed_blocks_are_spread_over_the_rounds() -> None:
     # A scenario with no blocks beyond its minimum (quick): the control runs that minimum.
     single = plan(None, ["control"], repeats=1, max_blocks=1)
     assert {s.block for s in runner.sample_plan(single)} == {1}
+
+
+def test_a_first_look_sizes_every_pairs_window_alike() -> None:
+    """`timeouts` asks every block for the 500 requests its p99 needs, and the leak pairs
+    for windows longer than two pool timeouts; a scenario with pair_windows = 0 (quick)
+    keeps its own windows, but not the users an experiment is defined by."""
+    [timeouts, leak] = select(["timeouts", "orm_sessions"])
+    first_look = plan(None, ["timeouts", "orm_sessions"], min_requests=100, duration_s=0.5, pair_windows=0)
+    assert first_look.scenario_for(timeouts).min_requests == 100
+    assert first_look.scenario_for(leak).duration_s == 0.5
+    assert first_look.scenario_for(timeouts).users == timeouts.load["users"] == 10
+    deciding = plan(None, ["timeouts", "orm_sessions"], min_requests=100, duration_s=0.5)
+    assert deciding.scenario_for(timeouts).min_requests == timeouts.load["min_requests"] > 100
+    assert deciding.scenario_for(leak).duration_s == leak.load["duration_s"] > 0.5

@@ -92,6 +92,15 @@ def test_warmup_waits_past_the_cap_only_while_first_answers_still_arrive(
     assert lf.warmup_end(elapsed, 1.0, cap, True, 50, completed, quiet, limit) == expected
 
 
+def test_a_shorter_grace_ends_a_quiet_warmup_sooner() -> None:
+    """The quick scenario's warmup_grace_s: one second without a first answer, not three."""
+    cap = lf.warmup_cap_s(0.1, 10.0, 1.0)
+    assert cap == pytest.approx(1.1)
+    assert lf.warmup_end(2.0, 0.1, cap, True, 50, 31, 1.0, 20.0, 1.0) == "capped"
+    assert lf.warmup_end(2.0, 0.1, cap, True, 50, 31, 0.5, 20.0, 1.0) == ""  # answers still arrive
+    assert lf.warmup_end(2.0, 0.1, cap, True, 50, 31, 1.0, 20.0) == ""  # the default grace waits longer
+
+
 def test_warmup_limit_is_never_shorter_than_the_cap() -> None:
     assert lf.warmup_limit_s(4.0, 0.0) == 4.0
     assert lf.warmup_limit_s(4.0, 40.0) == 40.0
@@ -206,7 +215,7 @@ class FakeRunner:
 def _environment(users: int, **options: Any) -> SimpleNamespace:
     defaults = {
         "bench_warmup": 0.05, "bench_timeout": 0.3, "bench_duration": 0.1,
-        "bench_min_requests": 0, "bench_max_measure": 0.0, "bench_warmup_max": 0.0,
+        "bench_min_requests": 0, "bench_max_measure": 0.0, "bench_warmup_max": 0.0, "bench_warmup_grace": 3.0,
     }  # fmt: skip
     return SimpleNamespace(runner=FakeRunner(users), parsed_options=SimpleNamespace(**(defaults | options)))
 
