@@ -190,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("target_file", nargs="?", type=Path, help="a TOML file with any of the options below")
     probe.add_argument("--app", help="the ASGI app as package.module:attribute, e.g. app.main:app")
     probe.add_argument("--variant", help="a suite variant instead, as pair/variant, e.g. blocking/async-blocking")
+    probe.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --variant: set a knob of its pair, e.g. block_ms=50 (repeatable)",
+    )
     probe.add_argument("--app-dir", help="the project's folder; the app is imported from there (default: .)")
     probe.add_argument("--path", dest="paths", action="append", help="a path to load, e.g. '/items/{id}' (repeatable)")
     probe.add_argument(
@@ -201,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe.add_argument("--dsn", help="the app's PostgreSQL (postgresql://...); default: $DSN_ENV, else embedded")
     probe.add_argument("--dsn-env", help="the variable that holds the app's database URL (default DATABASE_URL)")
+    probe.add_argument(
+        "--dsn-driver",
+        help="with the embedded server: the SQLAlchemy driver its URL names, e.g. psycopg (postgresql+psycopg://)",
+    )
     probe.add_argument("--ids", help="the range {id} is drawn from, e.g. 1-1000")
     probe.add_argument("--seed-sql", help="an SQL file run on the app's database before load")
     probe.add_argument("--seed-cmd", help="a command run in the app's folder, with its environment, before load")
@@ -256,7 +268,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if args.variant:
         if args.app or args.target_file:
             raise BenchError("--variant probes one of the suite's variants; drop --app and the target file")
-        options = probe.variant_options(args.variant)
+        options = probe.variant_options(args.variant, args.settings)
+    elif args.settings:
+        raise BenchError("--set sets a knob of one of the suite's variants: it goes with --variant")
     given = {key: getattr(args, key) for key in (*probe.TARGET_FIELDS, "out") if getattr(args, key, None)}
     if "headers" in given and "headers" in options:  # both: the file's and the command line's
         given["headers"] = [*options["headers"], *given["headers"]]

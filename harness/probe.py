@@ -34,7 +34,7 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,17 @@ from harness.procs import (
     python_bin,
 )
 from harness.records import SampleMeta, SampleRecord, VariantRecord
-from harness.runner import LOCUSTFILE, PG_HOME, LoadTarget, Progress, Sample, run_load, server_warnings
+from harness.runner import (
+    LOCUSTFILE,
+    PG_HOME,
+    LoadTarget,
+    Progress,
+    Sample,
+    resolve_knobs,
+    run_load,
+    server_warnings,
+    start_upstream,
+)
 from harness.sampling import ConnectionSampler, Probe
 from harness.scenario import MAXIMUM, P99_TARGET_MS, Bound, Scenario
 
@@ -121,6 +131,9 @@ class Target:
     dsn: str | None = None  # the app's database as libpq reads it (postgresql://); None: embedded
     app_dsn: str | None = None  # the same URL as the user wrote it (postgresql+psycopg://... for SQLAlchemy)
     dsn_env: str = "DATABASE_URL"
+    # The SQLAlchemy driver named in the embedded server's URL handed to the app
+    # (postgresql+psycopg://...): an app whose interpreter has psycopg but not psycopg2.
+    dsn_driver: str = ""
     ids: tuple[int, int] = (1, 1)
     levels: tuple[int, ...] = DEFAULT_LEVELS
     duration_s: float = DEFAULT_DURATION_S
@@ -135,6 +148,7 @@ class Target:
     # seeded table come from the pair, as in `bench.py run`.
     variant: str = ""
     knobs: dict[str, int] = field(default_factory=dict)
+    upstream: bool = False  # the variant calls the suite's stub upstream, started beside it
 
     def shown(self) -> dict[str, Any]:
         """For the manifest: no header values, no environment values, no password."""
@@ -148,6 +162,7 @@ class Target:
             "environment": sorted(self.environment),
             "dsn": redact(self.dsn) if self.dsn else None,
             "dsn_env": self.dsn_env,
+            "dsn_driver": self.dsn_driver or None,
             "ids": list(self.ids),
             "levels": list(self.levels),
             "duration_s": self.duration_s,
@@ -158,12 +173,14 @@ class Target:
             "stall_ms": self.stall_ms,
             "p99_target_ms": self.p99_target_ms,
             "variant": self.variant or None,
+            "knobs": dict(self.knobs) if self.variant else None,
         }
 
 
 # The fields a TOML target file may hold: the command-line options without dashes.
 TARGET_FIELDS = (
-    "app", "app_dir", "paths", "headers", "env_file", "python", "dsn", "dsn_env", "ids", "users", "duration",
+    "app", "app_dir", "paths", "headers", "env_file", "python", "dsn", "dsn_env", "dsn_driver", "ids", "users",
+    "duration",
     "expect", "seed_sql", "seed_cmd", "port", "stall_ms", "p99_target_ms",
 )  # fmt: skip
 
@@ -323,6 +340,7 @@ def build_target(options: dict[str, Any], checks: dict[str, Callable[[str], Any]
         scheme = dsn.split("://", 1)[0] if "://" in dsn else "no scheme"
         # The URL itself is not shown: it may hold a password redact() does not know to hide.
         raise BenchError(f"{source} must be a postgresql:// URL, got {scheme[:20]!r}")
+    dsn_driver = _dsn_driver(options.get("dsn_driver"), bool(dsn))
     levels = checks["users"](options["users"]) if options.get("users") else DEFAULT_LEVELS
     duration = checks["duration"](options["duration"]) if options.get("duration") else DEFAULT_DURATION_S
     seed_sql = Path(options["seed_sql"]).expanduser() if options.get("seed_sql") else None
@@ -352,6 +370,7 @@ def build_target(options: dict[str, Any], checks: dict[str, Callable[[str], Any]
         dsn=harness_dsn(dsn) if dsn else None,
         app_dsn=dsn,
         dsn_env=dsn_env,
+        dsn_driver=dsn_driver,
         ids=ids or (1, 1),
         levels=tuple(sorted(set(levels))),
         duration_s=float(duration),
@@ -364,6 +383,7 @@ def build_target(options: dict[str, Any], checks: dict[str, Callable[[str], Any]
         out=out,
         variant=options.get("variant") or "",
         knobs=dict(options.get("knobs") or {}),
+        upstream=bool(options.get("upstream")),
     )
 
 
@@ -388,7 +408,28 @@ def probe_database(target: Target) -> Iterator[tuple[Database, str]]:
             dsn=_with_database(embedded.dsn, PROBE_DATABASE),
             app_dsn=_with_database(embedded.variant_dsn, PROBE_DATABASE),
         )
-        yield fresh, fresh.variant_dsn
+        yield fresh, with_driver(fresh.variant_dsn, target.dsn_driver)
+
+
+# SQLAlchemy's PostgreSQL drivers (the `+driver` of a URL's scheme).
+DSN_DRIVERS = ("asyncpg", "pg8000", "psycopg", "psycopg2", "psycopg2cffi")
+
+
+def _dsn_driver(value: str | None, dsn_given: bool) -> str:
+    if not value:
+        return ""
+    if dsn_given:
+        raise BenchError("--dsn-driver names the driver in the embedded server's URL; your database URL keeps its own")
+    if value not in DSN_DRIVERS:
+        raise BenchError(f"--dsn-driver must be one of {', '.join(DSN_DRIVERS)}, got {value[:40]!r}")
+    return value
+
+
+def with_driver(dsn: str, driver: str) -> str:
+    """postgresql://... as postgresql+DRIVER://... (unchanged without a driver)."""
+    if not driver:
+        return dsn
+    return f"postgresql+{driver}://{dsn.split('://', 1)[1]}"
 
 
 def _with_database(dsn: str, name: str) -> str:
@@ -487,17 +528,21 @@ def app_environment(target: Target, app_dsn: str) -> dict[str, str]:
     return env
 
 
-def variant_options(spec: str) -> dict[str, Any]:
-    """The target options for one of the suite's variants, `pair/variant`."""
+def variant_options(spec: str, settings: Sequence[str] = ()) -> dict[str, Any]:
+    """The target options for one of the suite's variants, `pair/variant`, with its
+    pair's knobs as `--set KEY=VALUE` leaves them (checked as `bench.py run` checks them)."""
     from harness import pairs as pairs_mod
 
     pair_name, _, variant_name = spec.partition("/")
     if not variant_name:
         raise BenchError(f"--variant takes pair/variant, e.g. blocking/async-blocking, got {spec!r}")
     pair = pairs_mod.select([spec])[0]  # an unknown pair or variant raises with a hint
-    if pair.upstream:
-        raise BenchError(f"pair {pair_name!r} calls the stub upstream, which the probe does not start; choose another")
     variant = pair.variant(variant_name)
+    if variant.verify_ids is not None:  # the probe draws ids at random; this variant answers only some
+        raise BenchError(
+            f"{spec} answers only some ids with the row, which the probe's random ids cannot respect; "
+            f"measure it with bench.py run --pairs {pair_name}"
+        )
     return {
         "app": pair.app,
         "app_dir": str(ROOT),
@@ -505,7 +550,8 @@ def variant_options(spec: str) -> dict[str, Any]:
         "ids": f"1-{Scenario(name='default').rows}",
         "python": sys.executable,
         "variant": spec,
-        "knobs": dict(pair.knobs),
+        "knobs": resolve_knobs([pair], list(settings))[pair.name],
+        "upstream": pair.upstream,
     }
 
 
@@ -541,7 +587,25 @@ def start_app(
     target: Target, env: dict[str, str], folder: Path, prefix: str, timeout_s: float
 ) -> tuple[ManagedProcess, int]:
     """The app under the wrapper on loopback: on --port, or on a free port (another
-    process can take it between the choice and uvicorn's bind; then another one)."""
+    process can take it between the choice and uvicorn's bind; then another one). A
+    suite variant that calls the stub upstream gets one, stopped with the app."""
+    if not target.upstream:
+        return _start_app(target, env, folder, prefix, timeout_s)
+    upstream, upstream_port = start_upstream(folder, Scenario(name="probe", start_timeout_s=timeout_s))
+    try:
+        server, port = _start_app(
+            target, env | {"BENCH_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}"}, folder, prefix, timeout_s
+        )
+    except BaseException:
+        upstream.stop()
+        raise
+    server.companions.append(upstream)
+    return server, port
+
+
+def _start_app(
+    target: Target, env: dict[str, str], folder: Path, prefix: str, timeout_s: float
+) -> tuple[ManagedProcess, int]:
     for attempt in range(3):
         port = target.port or free_port()
         if target.port and not port_is_free(port):

@@ -24,7 +24,7 @@ from packaging.requirements import Requirement
 from apps.instruments import StackWatchdog
 from harness import probe, probe_report, store
 from harness.database import Database
-from harness.pairs import ROOT
+from harness.pairs import ROOT, discover
 from harness.procs import ManagedProcess, free_port, http_ok
 
 EXAMPLE = ROOT / "tests" / "probe_example"
@@ -251,6 +251,28 @@ def test_sqlalchemy_urls_are_read_as_libpq_urls() -> None:
     assert probe.harness_dsn("postgres://u@h/db") == "postgres://u@h/db"
 
 
+def test_the_embedded_servers_url_names_the_driver_the_app_asks_for(tmp_path: Path) -> None:
+    """An app whose interpreter has psycopg 3 but not psycopg2 gets postgresql+psycopg://
+    from the embedded server; the harness still reads it as libpq does."""
+    assert probe.with_driver("postgresql://u:p@h:5/db", "psycopg") == "postgresql+psycopg://u:p@h:5/db"
+    assert probe.with_driver("postgresql://u:p@h:5/db", "") == "postgresql://u:p@h:5/db"
+    checks = {"users": lambda v: [1], "duration": lambda v: 1.0}
+    target = probe.build_target(
+        {"app": "app:app", "app_dir": str(tmp_path), "paths": ["/"], "dsn_driver": "psycopg"}, checks
+    )
+    assert target.dsn is None and target.dsn_driver == "psycopg" and target.shown()["dsn_driver"] == "psycopg"
+    url = probe.with_driver("postgresql://bench_app:pw@127.0.0.1:5432/probe", target.dsn_driver)
+    env = probe.app_environment(target, url)
+    assert env["DATABASE_URL"] == "postgresql+psycopg://bench_app:pw@127.0.0.1:5432/probe"
+    assert probe.harness_dsn(env["DATABASE_URL"]) == "postgresql://bench_app:pw@127.0.0.1:5432/probe"
+
+
+def test_a_probed_suite_variant_takes_its_pairs_knobs_from_set() -> None:
+    options = probe.variant_options("blocking/async-blocking", ["block_ms=50"])
+    assert options["knobs"]["block_ms"] == 50
+    assert probe.variant_options("blocking/async-blocking")["knobs"] == discover()["blocking"].knobs
+
+
 def test_stored_commands_hide_header_values_and_passwords() -> None:
     from harness.cli import _hide_headers
 
@@ -307,6 +329,11 @@ BASE = ["probe", "--app", "app:app", "--app-dir", str(EXAMPLE)]
         ([*BASE, "--path", "/", "--env-file", "/no/such/.env"], "--env-file /no/such/.env: cannot read"),
         ([*BASE, "--path", "/", "--python", "/no/such/python"], "--python /no/such/python: no such interpreter"),
         ([*BASE, "--path", "/", "--dsn", "mysql://u:secret@h/db"], "--dsn must be a postgresql:// URL"),
+        ([*BASE, "--path", "/", "--dsn-driver", "mysqldb"], "--dsn-driver must be one of asyncpg, pg8000, psycopg"),
+        (
+            [*BASE, "--path", "/", "--dsn", "postgresql://u:secret@h/db", "--dsn-driver", "psycopg"],
+            "--dsn-driver names the driver in the embedded server's URL",
+        ),
         ([*BASE, "--path", "/", "--users", "0"], "argument --users: must be greater than 0"),
         ([*BASE, "--path", "/", "--users", "1,99999"], "argument --users: must be at most 2000 users"),
         ([*BASE, "--path", "/", "--duration", "inf"], "argument --duration: expected a finite number"),
@@ -315,8 +342,11 @@ BASE = ["probe", "--app", "app:app", "--app-dir", str(EXAMPLE)]
         (["probe", "/no/such/target.toml"], "/no/such/target.toml: cannot read"),
         ([*BASE, "--path", "/", "--ui-minutes", "5"], "--ui-minutes goes with --ui"),
         (["probe", "--variant", "blocking/async-blockin"], "did you mean 'async-blocking'"),
-        (["probe", "--variant", "gather/gather"], "calls the stub upstream"),
+        (["probe", "--variant", "timeouts/wait-for"], "answers only some ids with the row"),
         (["probe", "--variant", "blocking"], "--variant takes pair/variant"),
+        ([*BASE, "--path", "/", "--set", "block_ms=50"], "--set sets a knob of one of the suite's variants"),
+        (["probe", "--variant", "blocking/async-blocking", "--set", "pool_size=5"], "unknown knob 'pool_size'"),
+        (["probe", "--variant", "blocking/async-blocking", "--set", "block_ms=1e9"], "--set block_ms needs a whole"),
         ([*BASE, "--path", "/", "--ui", "--ui-minutes", "1e6"], "--ui-minutes must be at most 600 minutes"),
     ],
 )
@@ -603,3 +633,23 @@ def test_probe_of_the_suites_own_async_blocking_variant_shows_the_stack_that_blo
     sleep_line = line_of(ROOT / "apps" / "blocking" / "app.py", 'time.sleep(knob("block_ms") / 1000)')
     assert (top["where"], top["function"]) == (f"apps/blocking/app.py:{sleep_line}", "blocking_lookup")
     assert any("async_blocking_item" in frame for frame in top["stack"])  # the endpoint that called it
+
+
+@pytest.mark.slow
+def test_probe_of_a_variant_that_calls_the_stub_upstream_starts_one_beside_it(db: Database, tmp_path: Path) -> None:
+    """`gather` calls the stub upstream three times a request: the probe starts one, the
+    variant answers with the row, and both are gone afterwards."""
+    out = tmp_path / "run"
+    result = bench(
+        "probe", "--variant", "gather/gather", "--set", "upstream_ms=5", "--users", "1", "--duration", "1",
+        "--dsn", db.dsn, "--ids", "1-1000", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifest = store.read_json(out / "manifest.json")
+    assert manifest["target"]["knobs"]["upstream_ms"] == 5
+    summary = store.read_json(out / "summary.json")
+    [level] = [r for r in summary["variants"] if r["mode"] == "closed"]
+    assert level["requests"] > 0 and level["failure_rate"] == 0
+    # Three 5 ms calls in parallel: one request takes at least 5 ms, far less than three in a row.
+    assert level["p50_ms"] >= 5
+    assert not [p for p in psutil.process_iter(["cmdline"]) if "harness.upstream" in " ".join(p.info["cmdline"] or [])]
