@@ -104,7 +104,7 @@ class _BackendCPU:
                 process = psutil.Process(int(cur.fetchone()[0]))
             self.current = (process, self._seconds(process))
         except Exception:  # psutil's, or the query's: one backend unknown, the total unknown
-            self.done_s = None  # one backend unknown: the total is unknown
+            self.done_s = None
 
     def close(self) -> None:
         if self.current is None:
