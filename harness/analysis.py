@@ -842,10 +842,12 @@ def ratio_of(this: VariantRecord, base: VariantRecord, figure: str) -> RunRatio:
 
 
 def pair_confidence(manifest: dict[str, Any]) -> Callable[[str], float]:
-    """The confidence of each pair's looks: the nominal shared over the run's planned
-    looks, or the nominal for a control measured in a fixed number of blocks."""
+    """The confidence of the look each pair stopped at (the runner records it per pair),
+    the nominal for a control measured in a fixed number of blocks; before any pair has
+    stopped, the first look's. Runs stored before the looks' shares differed give one
+    confidence for every look (`look_confidence`)."""
     blocks = manifest.get("blocks") or {}
-    run = float(manifest.get("look_confidence") or stats.CONFIDENCE)
+    run = float((manifest.get("look_confidences") or [manifest.get("look_confidence") or stats.CONFIDENCE])[0])
     return lambda name: float((blocks.get(name) or {}).get("confidence") or run)
 
 
@@ -871,7 +873,7 @@ def write_summary(
             "scenario": scenario.get("name"),
             "confidence": stats.CONFIDENCE,
             "looks": manifest.get("looks"),
-            "look_confidence": manifest.get("look_confidence"),
+            "look_confidences": manifest.get("look_confidences"),
             "blocks": manifest.get("blocks") or {},
             "calibration": summarize_calibration(run_dir / "calibration"),
             "variants": [{k: v for k, v in r.items() if k != "buckets"} for r in records],

@@ -312,7 +312,7 @@ class Summary(TypedDict):
     scenario: str | None
     confidence: float
     looks: Any
-    look_confidence: float | None
+    look_confidences: list[float] | None  # per planned look
     blocks: dict[str, Any]  # per pair: blocks taken, why it stopped, its looks' confidence
     calibration: Calibration
     variants: list[VariantRecord]

@@ -768,7 +768,9 @@ def render(run_dir: Path, write_top_report: bool) -> Path:
             "the slow drift of a shared machine cancels in the ratios within it. Every pair runs the scenario's "
             "minimum of blocks; the runner then looks at each pair's checks at a few planned numbers of blocks and "
             "gives more blocks, while the run's time budget lasts, only to pairs whose interval still straddles a "
-            "threshold. Each look spends an equal share of the 5% error rate (Bonferroni), so the interval a pair "
+            "threshold. Each look spends a share of the 5% error rate fixed in advance (Bonferroni; "
+            f"{100 * stats.FIRST_LOOK_SHARE:g}% of it on the first look, where most pairs stop and a 3-block interval "
+            "is widest, the rest split equally over the later ones), so the interval a pair "
             f"stops on covers with at least {100 * stats.CONFIDENCE:g}% whichever look it stopped at; "
             "tests/test_coverage.py checks that on simulated runs with heavy-tailed noise and drift.",
             "- Figures: a ratio is the geometric mean of its per-block ratios with a t-interval on their logs and a "

@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -401,7 +401,7 @@ def plan_more_blocks(
 
     A pair goes on only while some check that could change its outcome still straddles
     its threshold; it then runs to the next planned look (never looking in between, so
-    the error rate each look spends stays what stats.look_confidence assumes). Cheaper
+    the error rate each look spends stays what stats.look_confidences assumes). Cheaper
     pairs go first while the run's time budget lasts. A control with a fixed number of
     blocks (`fixed`) runs them whatever its checks say, budget permitting."""
     more: dict[str, int] = {}
@@ -924,14 +924,15 @@ def _measure_one(
 
 
 def _standing(
-    plan: RunPlan, samples: list[SampleRecord], seconds: dict[str, float], confidence: float
+    plan: RunPlan, samples: list[SampleRecord], seconds: dict[str, float], confidence: Callable[[str, int], float]
 ) -> dict[str, PairProgress]:
-    """Each pair's blocks so far, how many of its checks are still open, and what a block costs."""
+    """Each pair's blocks so far, how many of its checks are still open (at the confidence
+    of the look it stands at), and what a block costs."""
     standing = {}
     for pair in plan.pairs:
         mine = [s for s in samples if s["pair"] == pair.name]
         blocks = len({s.get("block") for s in mine if s.get("primary")})
-        decision = analysis.decide_pair(pair, mine, plan.knobs[pair.name], confidence)
+        decision = analysis.decide_pair(pair, mine, plan.knobs[pair.name], confidence(pair.name, blocks))
         standing[pair.name] = PairProgress(
             blocks, len(decision.undecided), seconds[pair.name] / max(1, blocks), decision.verdict.outcome
         )
@@ -970,8 +971,14 @@ def _measure_all(
             progress.say(f"using Locust's distributed mode: {why}")
             plan.scenario = replace(plan.scenario, locust_workers=workers)
     looks = stats.looks(plan.scenario.repeats, max(plan.scenario.repeats, plan.scenario.max_blocks))
-    confidence = stats.look_confidence(looks)
-    manifest["looks"], manifest["look_confidence"] = list(looks), confidence
+    levels = stats.look_confidences(looks)
+    manifest["looks"], manifest["look_confidences"] = list(looks), list(levels)
+    # A control measured in its fixed blocks is looked at once: the plain nominal level.
+    controls = {p.name: fixed_blocks(plan, p) for p in plan.pairs if p.fixed_blocks}
+
+    def confidence(name: str, blocks: int) -> float:
+        return stats.CONFIDENCE if name in controls else stats.confidence_at(looks, levels, blocks)
+
     seconds = dict.fromkeys((pair.name for pair in plan.pairs), 0.0)
     soaks = [sample for sample in fixed if sample.mode == "soak"]
     for sample in (sample for sample in fixed if sample.mode != "soak"):
@@ -986,15 +993,14 @@ def _measure_all(
         left_s = plan.scenario.budget_s - (time.monotonic() - started) - soak_s
         standing = _standing(plan, samples, seconds, confidence)
         # A control has run its own fixed blocks in the rounds (round_blocks).
-        fixed = {p.name: fixed_blocks(plan, p) for p in plan.pairs if p.fixed_blocks}
-        more, stopped_now = plan_more_blocks(standing, looks, left_s, fixed)
+        more, stopped_now = plan_more_blocks(standing, looks, left_s, controls)
         stopped |= stopped_now
         manifest["blocks"] = {
             name: {
                 "blocks": now.blocks,
                 "undecided_checks": now.undecided,
                 "stopped": stopped.get(name, "running"),
-                "confidence": stats.CONFIDENCE if name in fixed else confidence,
+                "confidence": confidence(name, now.blocks),
             }
             for name, now in standing.items()
         }

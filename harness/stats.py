@@ -6,10 +6,10 @@ ratios. A ratio's interval is a t-interval on the per-block log-ratios (a geomet
 mean), its p-value a paired t-test; with 3 to 12 blocks only the t distribution fits
 (a Wilcoxon test cannot reach p < 0.05 below 6 blocks, a BCa bootstrap needs many more).
 
-The runner looks at a pair's intervals after a few fixed numbers of blocks (LOOKS) and
-stops as soon as they decide; each look spends an equal share of the error rate
-(Bonferroni), so the interval it stops on covers the true value with at least
-CONFIDENCE however many looks it took. tests/test_coverage.py simulates that.
+The runner looks at a pair's intervals after a few fixed numbers of blocks (`looks`) and
+stops as soon as they decide; each look spends a share of the error rate fixed in advance
+(`look_confidences`: Bonferroni, most of it on the first look), so the interval it stops
+on covers the true value with at least CONFIDENCE however many looks it took. tests/test_coverage.py simulates that.
 
 A variant's own figures (throughput, loop lag) are means over its blocks with a
 t-interval; its latency percentiles come from its response-time buckets merged across
@@ -130,10 +130,31 @@ def looks(min_blocks: int, max_blocks: int) -> tuple[int, ...]:
     return tuple(found)
 
 
-def look_confidence(planned_looks: Sequence[int], confidence: float = CONFIDENCE) -> float:
-    """Each look's confidence: the error rate shared equally by every planned look, so
-    whichever look a pair stops at, its interval covers with at least `confidence`."""
-    return 1 - (1 - confidence) / max(1, len(planned_looks))
+# The share of the error rate the first look spends. Most pairs stop there, and a t
+# interval from 3 blocks is the widest of all (t at 2 degrees of freedom), so spending
+# more there and less on the rarer later looks narrows the intervals that decide most of
+# the ledger: at 3 blocks by a quarter (3.26 instead of 4.42 standard errors), for
+# 10-14% wider ones at 6 and 12 blocks than an equal split. Fixed in advance, so the
+# union bound still holds.
+FIRST_LOOK_SHARE = 0.6
+
+
+def look_confidences(planned_looks: Sequence[int], confidence: float = CONFIDENCE) -> tuple[float, ...]:
+    """Each planned look's confidence: the error rate split over the looks (the first
+    takes FIRST_LOOK_SHARE, the rest share the remainder equally), so whichever look a
+    pair stops at, its interval covers with at least `confidence` (Bonferroni)."""
+    alpha, count = 1 - confidence, max(1, len(planned_looks))
+    if count == 1:
+        return (confidence,)
+    later = alpha * (1 - FIRST_LOOK_SHARE) / (count - 1)
+    return (1 - alpha * FIRST_LOOK_SHARE, *([1 - later] * (count - 1)))
+
+
+def confidence_at(planned_looks: Sequence[int], confidences: Sequence[float], blocks: int) -> float:
+    """The confidence of the look a pair with `blocks` blocks stands at: the latest
+    planned look it has reached (the first, before it reaches any)."""
+    reached = [level for look, level in zip(planned_looks, confidences, strict=True) if look <= blocks]
+    return reached[-1] if reached else confidences[0]
 
 
 def spread(values: Sequence[float | None]) -> float | None:

@@ -66,7 +66,7 @@ def simulate(
     """One pair's run: blocks until the runner's planner stops it (unlimited budget, so
     only the checks decide), then the interval it stops on."""
     looks = stats.looks(MIN_BLOCKS, MAX_BLOCKS)
-    confidence = stats.look_confidence(looks) if sequential else stats.CONFIDENCE
+    levels = stats.look_confidences(looks)
     blocks: list[dict[str, dict[str, Any]]] = []
     level = 0.0
     target = looks[0]
@@ -77,6 +77,7 @@ def simulate(
             rps_a = 1000 * math.exp(level + noise[0])
             rps_b = 1000 * true_ratio * math.exp(level + noise[1])
             blocks.append({"a": {"status": "ok", "rps": rps_a}, "b": {"status": "ok", "rps": rps_b}})
+        confidence = stats.confidence_at(looks, levels, len(blocks)) if sequential else stats.CONFIDENCE
         decision = checks.evaluate(RULE, {}, blocks, confidence)
         standing = {"pair": runner.PairProgress(len(blocks), len(decision.undecided), 1.0)}
         more, stopped = runner.plan_more_blocks(standing, looks, math.inf)

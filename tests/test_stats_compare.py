@@ -42,8 +42,14 @@ def test_log_ratio_interval_is_a_geometric_mean_with_a_paired_p_value() -> None:
 
 def test_looks_double_up_to_the_maximum_and_share_the_error_rate() -> None:
     assert stats.looks(3, 12) == (3, 6, 12) and stats.looks(3, 10) == (3, 6, 10) and stats.looks(1, 1) == (1,)
-    assert stats.look_confidence((3, 6, 12)) == pytest.approx(1 - 0.05 / 3)
-    assert stats.look_confidence((3,)) == pytest.approx(stats.CONFIDENCE)
+    levels = stats.look_confidences((3, 6, 12))
+    # Bonferroni: the looks' error rates add up to the nominal one, most of it on the first.
+    assert sum(1 - level for level in levels) == pytest.approx(1 - stats.CONFIDENCE)
+    assert levels[0] == pytest.approx(1 - 0.05 * stats.FIRST_LOOK_SHARE) and levels[1] == levels[2] > levels[0]
+    assert stats.look_confidences((3,)) == (stats.CONFIDENCE,)
+    assert stats.confidence_at((3, 6, 12), levels, 2) == levels[0] == stats.confidence_at((3, 6, 12), levels, 5)
+    assert stats.confidence_at((3, 6, 12), levels, 6) == levels[1]
+    assert stats.confidence_at((3, 6, 12), levels, 12) == levels[2]
 
 
 def test_bucket_percentiles_are_taken_as_locust_takes_them() -> None:
