@@ -412,6 +412,15 @@ class StackWatchdog:
 SUITE_FRAMES = 12
 
 
+def per_process(path: str) -> str:
+    """`path` for this process: with several uvicorn workers (BENCH_WORKERS), each writes
+    its own file, `loop_lag-<pid>.csv`, rather than all of them one."""
+    if int(os.environ.get("BENCH_WORKERS") or 1) <= 1:
+        return path
+    stem, dot, suffix = path.rpartition(".")
+    return f"{stem}-{os.getpid()}.{suffix}" if dot else f"{path}-{os.getpid()}"
+
+
 @asynccontextmanager
 async def watch_loop(app: Any, path: str | None = None) -> AsyncIterator[None]:
     """A lifespan that records the time series to `path` (by default the file named in
@@ -424,7 +433,7 @@ async def watch_loop(app: Any, path: str | None = None) -> AsyncIterator[None]:
         threshold_ms = float(os.environ.get("BENCH_STALL_MS") or 25)
         watchdog = StackWatchdog(stalls, threshold_ms=threshold_ms, max_frames=SUITE_FRAMES)
         watchdog.start()
-    task = asyncio.create_task(record_loop(path)) if path else None
+    task = asyncio.create_task(record_loop(per_process(path))) if path else None
     try:
         yield
     finally:

@@ -254,9 +254,12 @@ class ProbeApp:
         """The app's own lifespan, with the instruments started before it and the pools
         looked for once its start-up (which may create the engine) is complete."""
         self._start()
+        started = False
 
         async def send_around(message: dict[str, Any]) -> None:
+            nonlocal started
             if message["type"] == "lifespan.startup.complete":
+                started = True
                 self._watch_pools()
                 self._write_counts()
             elif message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
@@ -266,14 +269,21 @@ class ProbeApp:
 
         try:
             await self.app(scope, receive, send_around)
-        finally:
-            await self._stop()
+        except BaseException:
+            # An app without lifespan support raises before its start-up completes, and
+            # uvicorn ("auto") serves it anyway: the instruments keep running for its requests.
+            if started:
+                await self._stop()
+            raise
+        await self._stop()
 
     async def _serve_probe(self, scope: dict[str, Any], send: Any) -> None:
         route = scope["path"][len(self.prefix) :]
         if route == "/ping":
             body = b'{"pong":true}'
         elif route == "/counts":
+            # Also to the file: an app without lifespan support never reaches _stop's write.
+            self._write_counts()
             body = json.dumps(self._info()).encode()
         else:
             body, status = b'{"detail":"not a probe route"}', 404

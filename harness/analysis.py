@@ -199,9 +199,19 @@ def _probe(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
     }
 
 
+def loop_lag_files(folder: Path) -> list[Path]:
+    """The server's loop-lag series: one file, or one per uvicorn worker (loop_lag-<pid>.csv)."""
+    single = store.raw(folder, "loop_lag.csv")
+    if single.is_file():
+        return [single]
+    return sorted({store.raw(folder, p.name.removesuffix(".gz")) for p in folder.glob("loop_lag-*.csv*")})
+
+
 def _loop_lag(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
-    path = store.raw(folder, "loop_lag.csv")
-    samples = _in_window(pd.read_csv(path), "time", window) if path.is_file() else pd.DataFrame()
+    # Several workers' rows pooled: lag percentiles over every loop; thread and pool peaks
+    # are a worker's own (each has its threads and its pool), the backends count them all.
+    files = loop_lag_files(folder)
+    samples = _in_window(pd.concat([pd.read_csv(f) for f in files]), "time", window) if files else pd.DataFrame()
     if samples.empty:  # an app without the monitor, or one that never got to run it
         return dict.fromkeys(LOOP_FIELDS)
     lag = samples["lag_ms"]

@@ -92,10 +92,12 @@ def sample_folder(run_dir: Path, record: VariantRecord) -> Path:
 def _series(run_dir: Path, record: VariantRecord, name: str, column: str) -> pd.DataFrame | None:
     folder = sample_folder(run_dir, record)
     start = store.read_phases(folder).get("load_start")
-    path = store.raw(folder, name)
-    if start is None or not path.is_file():
+    # Several uvicorn workers write a loop-lag file each: their ticks together.
+    paths = analysis.loop_lag_files(folder) if name == "loop_lag.csv" else [store.raw(folder, name)]
+    paths = [path for path in paths if path.is_file()]
+    if start is None or not paths:
         return None
-    frame = pd.read_csv(path)
+    frame = pd.concat([pd.read_csv(path) for path in paths])
     if frame.empty:
         return None
     # Probes are written as they return, not in the order they were due.

@@ -116,10 +116,22 @@ class Pair:
     # sent (background tasks, dependency teardown): its counters are read only once they
     # have been still that long, so the last requests' work is in them.
     drain_knob: str = ""
+    # The knob naming how many uvicorn worker processes serve each variant (1 without
+    # one). Several workers write their loop lag to a file each, and their CPU, memory
+    # and descriptors are summed over the process tree; /counters would be one worker's,
+    # so it is not read.
+    workers_knob: str = ""
+    # Database set-up the pair's servers need before they start (e.g. a role with a
+    # connection limit), run as the harness's own user; returns environment for the server.
+    prepare: Callable[[Any, Mapping[str, int]], dict[str, str]] | None = None
 
     def drain_s(self, knobs: Mapping[str, int]) -> float:
         """How long work may run after a response (0: none)."""
         return (self.knobs | dict(knobs)).get(self.drain_knob, 0) / 1000 if self.drain_knob else 0.0
+
+    def workers(self, knobs: Mapping[str, int]) -> int:
+        """uvicorn worker processes per server (1: uvicorn's default single process)."""
+        return max(1, int((self.knobs | dict(knobs)).get(self.workers_knob, 1))) if self.workers_knob else 1
 
     @property
     def app(self) -> str:

@@ -179,7 +179,11 @@ def _start_once(
         # Each warning once per place in server.log (deprecations, unclosed resources);
         # the runner keeps them with the variant.
         "PYTHONWARNINGS": "default",
+        "BENCH_WORKERS": str(pair.workers(knobs)),
     }
+    if pair.prepare is not None:
+        env |= pair.prepare(db, pair.knobs | knobs)
+    workers = ("--workers", str(pair.workers(knobs))) if pair.workers(knobs) > 1 else ()
     server = ManagedProcess(
         f"{pair.name}/{variant.name} server",
         _uvicorn(
@@ -192,6 +196,7 @@ def _start_once(
             "30",
             "--timeout-graceful-shutdown",
             "3",
+            *workers,
             *variant.server_args,
         ),
         folder / "server.log",
@@ -792,7 +797,8 @@ def measure_sample(plan: RunPlan, db: Database, sample: Sample, progress: Progre
                     progress.say(f"load done; {meta['recovery_s']:.0f} s of recovery without load")
                     time.sleep(meta["recovery_s"])
                 lap("load")
-            meta["counters"] = read_counters(port, pair.drain_s(knobs))
+            # Several workers keep counters each, and /counters reaches one of them.
+            meta["counters"] = read_counters(port, pair.drain_s(knobs)) if pair.workers(knobs) == 1 else {}
             lap("counters")
         finally:
             armed.stop()  # already gone after a load; still waiting if the sample failed first

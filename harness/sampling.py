@@ -144,11 +144,12 @@ class ConnectionSampler(_Thread):
         self.usage_interval_s = max(interval_s, usage_interval_s or interval_s)
         self.cost_file = cost_file
         self.last_total: int | str = "?"  # for the progress line
+        # The whole process tree: uvicorn with several workers is a supervisor and its children.
         try:
             self.server: psutil.Process | None = psutil.Process(server_pid)
-            self.server.cpu_percent(None)  # the first call only starts the CPU clock
+            self.server_cpu: TreeCPU | None = TreeCPU(server_pid)
         except psutil.Error:
-            self.server = None
+            self.server, self.server_cpu = None, None
         self.postgres: TreeCPU | None = None
         if postgres_pid:
             with contextlib.suppress(psutil.Error):
@@ -178,17 +179,20 @@ class ConnectionSampler(_Thread):
         return row
 
     def _server_usage(self) -> dict[str, str]:
-        """CPU share, resident memory and open file descriptors of the server process
-        (descriptors include its sockets: a connection leak shows here too)."""
-        if self.server is None:
+        """CPU share, resident memory and open file descriptors of the server's process
+        tree, summed (descriptors include its sockets: a connection leak shows here too)."""
+        if self.server is None or self.server_cpu is None:
             return {}
         try:
-            with self.server.oneshot():
-                return {
-                    "server_cpu_pct": f"{self.server.cpu_percent(None):.1f}",
-                    "server_rss_mb": f"{self.server.memory_info().rss / 2**20:.1f}",
-                    "server_fds": str(self.server.num_fds()),
-                }
+            rss, fds = 0, 0
+            for process in [self.server, *self.server.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error), process.oneshot():
+                    rss, fds = rss + process.memory_info().rss, fds + process.num_fds()
+            return {
+                "server_cpu_pct": f"{self.server_cpu.percent():.1f}",
+                "server_rss_mb": f"{rss / 2**20:.1f}",
+                "server_fds": str(fds),
+            }
         except psutil.Error:
             return {}
 

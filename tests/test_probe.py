@@ -453,6 +453,24 @@ def test_wrapper_serves_the_app_unchanged_with_ping_counts_and_the_blocking_line
     assert lags[0].startswith("time,lag_ms,threads_busy") and len(lags) > 1
 
 
+@pytest.mark.slow
+def test_an_app_without_lifespan_support_gets_its_instruments_from_the_first_request(tmp_path: Path) -> None:
+    raw = EXAMPLE / "raw_asgi.py"
+    with _serve(sys.executable, tmp_path, app="raw_asgi:app") as (port, prefix, out):
+        for item in range(3):
+            assert _get(port, f"/blocking/{item}") == {"path": f"/blocking/{item}"}
+            time.sleep(0.05)
+        counts = _get(port, f"{prefix}/counts")
+        assert counts["watchdog"]["stalls_captured"] >= 3
+        assert (out / "server_info.json").is_file()
+        deadline = time.monotonic() + 3  # the monitor writes in batches, every 0.5 s
+        while len(lags := (out / "loop_lag.csv").read_text().splitlines()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(lags) > 1, "the loop-lag monitor runs without a lifespan"
+    line = line_of(raw, "# the raw blocking line")
+    assert any(s["samples"][0][1][0][:2] == [str(raw), line] for s in _stalls(out / "stalls.jsonl"))
+
+
 def _minimal_venv(root: Path, packages: tuple[str, ...]) -> str:
     """A virtualenv holding only `packages` and what they require (no extras): linked
     from this suite's environment, so no download is needed, but nothing else (no

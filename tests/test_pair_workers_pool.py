@@ -1,0 +1,80 @@
+"""The `workers_pool` pair (C19): its verdict rule on fixture records, and on real
+servers: four uvicorn workers with a pool each, against a role's connection limit."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from apps.workers_pool.pair import ROLE
+from harness import analysis, runner
+from harness.database import Database
+from harness.pairs import discover
+from harness.scenario import Scenario
+from tests.conftest import blocks_of
+from tests.test_pair_stall import get_all_at_once
+
+PAIR = discover()["workers_pool"]
+LIMIT = PAIR.knobs["connection_limit"]
+
+
+def rec(failure_rate: float, peak: int, rps: float = 200) -> dict[str, Any]:
+    return {"status": "ok", "rps": rps, "failure_rate": failure_rate, "p99_ms": 80, "peak_connections": peak}
+
+
+def decide(over: dict[str, Any], within: dict[str, Any] | None = None) -> Any:
+    records = {"over-limit": over, "within-limit": within or rec(0.0, LIMIT)}
+    return PAIR.decide(records, PAIR.knobs, blocks_of(records, (0.9, 1.0, 1.1)))
+
+
+def test_holds_when_the_workers_reach_the_limit_and_the_surplus_fails() -> None:
+    assert decide(rec(0.3, LIMIT)).outcome == "holds"
+
+
+def test_partly_holds_when_they_reach_the_limit_but_nothing_fails() -> None:
+    assert decide(rec(0.0, LIMIT)).outcome == "partly holds"
+
+
+def test_does_not_hold_below_the_limit_without_failures() -> None:
+    assert decide(rec(0.0, LIMIT - 4)).outcome == "does not hold"
+
+
+def test_a_single_failure_within_the_limit_makes_it_inconclusive() -> None:
+    assert decide(rec(0.3, LIMIT), within=rec(0.0001, LIMIT)).outcome == "inconclusive"
+
+
+def test_the_pools_ask_for_more_than_the_limit_and_the_shares_fit_it() -> None:
+    workers, pool = PAIR.knobs["workers"], PAIR.knobs["pool_size"]
+    assert workers > 1 and workers * pool > LIMIT >= workers * (LIMIT // workers)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["over-limit", "within-limit"])
+def test_workers_share_one_port_and_the_limit_decides_who_fails(db: Database, tmp_path: Path, name: str) -> None:
+    variant, folder = PAIR.variant(name), tmp_path / name
+    server, port = runner.start_server(PAIR, variant, PAIR.knobs, db, folder, Scenario(name="test", rows=1000))
+    try:
+        children = psutil.Process(server.pid).children(recursive=True)
+        spawned = [p for p in children if "multiprocessing" in " ".join(p.cmdline())]
+        assert len(spawned) >= PAIR.knobs["workers"], [p.cmdline() for p in children]
+        # Bursts of 40 at once: every worker's pool is asked for all its connections.
+        statuses = [s for _ in range(4) for s in get_all_at_once(port, variant.path, 40)]
+        with contextlib.closing(db.connect()) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (ROLE,))
+            held = cur.fetchone()[0]
+    finally:
+        server.stop()
+    runner.settle(db, 0, 10)
+    assert held <= LIMIT
+    assert set(statuses) <= {200, 503}, statuses
+    if name == "over-limit":
+        assert statuses.count(503) > 0, "past the limit some requests are refused"
+    else:
+        assert statuses == [200] * len(statuses)
+    # Each worker wrote its own loop-lag file; the analysis reads them together.
+    files = analysis.loop_lag_files(folder)
+    assert len(files) >= 2 and all(f.name.startswith("loop_lag-") for f in files), list(folder.iterdir())
