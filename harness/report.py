@@ -758,7 +758,8 @@ def render(run_dir: Path, write_top_report: bool) -> Path:
         lines += [
             "## Method",
             "",
-            "- Each sample (one measurement of one variant) runs in a fresh uvicorn process (one worker) on 127.0.0.1 "
+            "- Each sample (one measurement of one variant) runs in a fresh uvicorn process (one worker; a pair about "
+            "worker processes starts several, measured as one server) on 127.0.0.1 "
             "and is verified (status and body against the database row) before any load. Locust users are "
             "closed-loop with no wait time unless the table says open loop. Each load process counts requests from "
             "the end of the warm-up to its last request, and throughput is their total over that window; "

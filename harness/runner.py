@@ -682,6 +682,8 @@ def read_counters(port: int, drain_s: float = 0.0, timeout_s: float = 5.0) -> Co
 WARNING_LINE = re.compile(r"\b[A-Z]\w*Warning: .*")
 # Object addresses make one warning about many objects look like many warnings.
 ADDRESS = re.compile(r"\bat 0x[0-9a-fA-F]+")
+# So do ports: a socket's address names the sample's own port (laddr=('127.0.0.1', 50011)).
+PORT = re.compile(r"(\('127\.0\.0\.1', )\d+\)")
 
 
 def server_warnings(log: Path, limit: int = 10) -> list[str]:
@@ -698,7 +700,7 @@ def server_warnings(log: Path, limit: int = 10) -> list[str]:
         text = match.group(0).strip()
         if text.endswith(":"):
             text += " " + next((rest.strip() for rest in lines[index + 1 : index + 4] if rest.strip()), "")
-        found.setdefault(database.redact(ADDRESS.sub("at 0x...", text))[:300])
+        found.setdefault(database.redact(PORT.sub(r"\1...)", ADDRESS.sub("at 0x...", text)))[:300])
     return list(found)[:limit]
 
 

@@ -78,3 +78,16 @@ def test_workers_share_one_port_and_the_limit_decides_who_fails(db: Database, tm
     # Each worker wrote its own loop-lag file; the analysis reads them together.
     files = analysis.loop_lag_files(folder)
     assert len(files) >= 2 and all(f.name.startswith("loop_lag-") for f in files), list(folder.iterdir())
+
+
+def test_one_warning_about_sockets_on_different_ports_is_listed_once(tmp_path: Path) -> None:
+    # uvicorn's supervisor leaves its listening socket to the collector: the same warning
+    # every sample, naming that sample's port.
+    log = tmp_path / "server.log"
+    log.write_text(
+        "".join(
+            f"sys:1: ResourceWarning: unclosed <socket.socket fd=3, laddr=('127.0.0.1', {port})>\n"
+            for port in (50011, 44445)
+        )
+    )
+    assert runner.server_warnings(log) == ["ResourceWarning: unclosed <socket.socket fd=3, laddr=('127.0.0.1', ...)>"]
