@@ -24,8 +24,8 @@ bench-quick: $(STAMP)  ## every variant once, shorter
 bench-sweep: $(STAMP)  ## users sweep with knees for the pairs where concurrency decides
 	$(PY) bench.py run --scenario sweep --pairs blocking,deps,pool --out results/$$(date +%Y%m%d-%H%M%S)-sweep $(ARGS)
 
-bench-soak: $(STAMP)  ## a long load and a quiet recovery for the leak pair
-	$(PY) bench.py run --scenario quick --pairs sessions --soak 60 --out results/$$(date +%Y%m%d-%H%M%S)-soak $(ARGS)
+bench-soak: $(STAMP)  ## a long load and a quiet recovery for the leak pairs
+	$(PY) bench.py run --scenario quick --pairs sessions,orm_sessions,orm_async_sessions --soak 60 --out results/$$(date +%Y%m%d-%H%M%S)-soak $(ARGS)
 
 report: $(STAMP)  ## re-render REPORT.md from the newest run (or RUN=results/<id>)
 	$(PY) bench.py report $(RUN)
