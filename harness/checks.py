@@ -30,6 +30,7 @@ from harness.pairs import (
     loop_lag,
     ratio,
     speed_adjusted_cpu,
+    speed_adjusted_rps,
 )
 from harness.records import Block, JudgedCheck, Record, ShownFigure
 
@@ -76,6 +77,7 @@ def good_rps(record: Record) -> float | None:
 
 
 THROUGHPUT = Metric("throughput", "req/s", _field("rps"))
+THROUGHPUT_ADJUSTED = Metric("speed-adjusted throughput", "req/s", speed_adjusted_rps)
 GOOD_THROUGHPUT = Metric("successful throughput", "req/s", good_rps)
 P50 = Metric("p50", "ms", _field("p50_ms"), min_requests=20)
 P99 = Metric("p99", "ms", _field("p99_ms"), min_requests=P99_MIN_REQUESTS)

@@ -276,6 +276,17 @@ def speed_adjusted_cpu(record: Record) -> float | None:
     return float(measured) * REFERENCE_UNIT_MS / float(unit)
 
 
+def speed_adjusted_rps(record: Record) -> float | None:
+    """Throughput at the reference speed: requests per second, times how much longer the
+    speed probe's work unit took during this window than at the reference. Meaningful
+    where the server's CPU is what limits it (the A/A control's pooled lookup), not for a
+    variant waiting on a pool, a sleep or the database."""
+    rps, unit = record.get("rps"), record.get("speed_unit_ms")
+    if rps is None or not unit:
+        return None if rps is None else float(rps)
+    return float(rps) * float(unit) / REFERENCE_UNIT_MS
+
+
 # anyio's default limit on worker threads for `def` endpoints and sync dependencies.
 ANYIO_TOKENS = 40
 # A variant stalls the event loop when its loop lag p99 (measured inside the server) is

@@ -772,7 +772,14 @@ def measure(
                 "127.0.0.1", port, folder / "probe.csv", scenario.probe_rate, scenario.request_timeout_s,
                 path=f"{run.prefix}/ping",
             )  # fmt: skip
-            load = LoadTarget(target.paths, target.ids[0], target.ids[1], _load_expect(target.expect), target.headers)
+            load = LoadTarget(
+                target.paths,
+                target.ids[0],
+                target.ids[1],
+                _load_expect(target.expect),
+                target.headers,
+                connect_path=f"{run.prefix}/ping",
+            )
             with machine_load_lock(progress.say), sampler, ping:
                 run_load(port, target.paths[0], scenario, sample, folder, progress, sampler, server, load)
             extra["counts"] = read_counts(port, run.prefix)

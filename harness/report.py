@@ -641,7 +641,14 @@ def _noise_floor(pairs: list[Pair], verdicts: dict[str, VerdictEntry]) -> list[s
         + ".",
         "",
     ]
-    floor = next((c for c in verdict.get("checks") or [] if c.get("low") is not None), None)
+    # The floor spans every ratio the control measured, deciding or shown: a rule's
+    # threshold must clear the noise of raw throughput too.
+    spans = [
+        (float(c["low"]), float(c["high"]))
+        for c in [*(verdict.get("checks") or []), *(verdict.get("shown") or [])]
+        if c.get("low") is not None and c.get("high") is not None and c.get("unit") == "x"
+    ]
+    floor = {"low": min(s[0] for s in spans), "high": max(s[1] for s in spans)} if spans else None
     thresholds = sorted(
         {
             (pair.name, check.figure.metric.label, check.threshold)

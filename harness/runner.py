@@ -461,6 +461,7 @@ class LoadTarget:
     id_max: int = 0  # 0: the scenario's rows
     expect: str = ""  # a 200 response must contain this text ("": status only)
     headers: dict[str, str] = field(default_factory=dict)  # sent in the environment, never on a command line
+    connect_path: str = ""  # each user's first request, to open its connection before the load starts
 
 
 def _locust_argv(role: list[str]) -> list[str]:
@@ -501,6 +502,8 @@ def start_locust(
         "--bench-duration", str(duration_s),
         "--bench-min-requests", str(min_requests),
         "--bench-max-measure", str(max_measure_s),
+        # Every user opens its connection before any sends load (the suite's /ping, or the probe's).
+        "--bench-connect-path", target.connect_path if target else ("/ping" if sample else ""),
     ]  # fmt: skip
     if target is not None:
         options += ["--bench-paths", json.dumps(list(target.paths or (path,))), "--bench-id-min", str(target.id_min)]

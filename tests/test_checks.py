@@ -102,7 +102,11 @@ def test_every_ratio_threshold_lies_outside_the_stored_noise_floor() -> None:
     assert runs, "no stored default run"
     control = read_json(runs[-1] / "summary.json")["verdicts"].get("control")
     assert control, f"{runs[-1].name} has no A/A control"
-    floors = [(c["low"], c["high"]) for c in control["checks"] if c.get("low") is not None]
+    floors = [
+        (c["low"], c["high"])
+        for c in [*control["checks"], *(control.get("shown") or [])]
+        if c.get("low") is not None and c.get("unit") == "x"
+    ]
     assert floors
     low, high = min(f[0] for f in floors), max(f[1] for f in floors)
     inside = [

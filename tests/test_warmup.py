@@ -456,3 +456,37 @@ def test_an_armed_locust_sends_nothing_until_told_to_go(upstream: int, tmp_path:
             proc.wait()
     written = json.loads(phases.read_text())
     assert written["measure_requests"] > 0 and not go.exists()
+
+
+@pytest.mark.slow
+def test_every_user_opens_its_connection_before_any_loads_a_blocked_loop(tmp_path: Path) -> None:
+    """With a connect path, each user's first request is the connect request, and every
+    user has its connection before the first request that blocks the loop arrives: none
+    of the warm-up goes to users getting in one per blocked loop pass."""
+    port, log = free_port(), tmp_path / "requests.log"
+    argv = [sys.executable, "-m", "uvicorn", "tests.loop_blocker:app", "--host", "127.0.0.1", "--port", str(port)]
+    server = ManagedProcess(
+        "loop blocker", [*argv, "--log-level", "warning"], tmp_path / "server.log",
+        os.environ | {"LOOP_BLOCKER_LOG": str(log)}, ROOT,
+    )  # fmt: skip
+    users = 20
+    with machine_load_lock(lambda _: None):
+        server.serve(f"http://127.0.0.1:{port}/ping", 20)
+        log.unlink(missing_ok=True)  # the readiness pings are not the load's
+        try:
+            phases = _locust(
+                tmp_path, port, "/block?ms=20&id={id}", "--bench-warmup", "0", "--bench-timeout", "10",
+                "--bench-duration", "0.5", "--bench-connect-path", "/ping", users=users,
+            )  # fmt: skip
+        finally:
+            server.stop()
+    requests = [line.split() for line in log.read_text().splitlines()]
+    first_by_client: dict[str, str] = {}
+    for path, client in requests:
+        first_by_client.setdefault(client, path)
+    assert len(first_by_client) == users, "one connection per user, kept for the load"
+    assert set(first_by_client.values()) == {"/ping"}
+    first_block = next(i for i, (path, _) in enumerate(requests) if path == "/block")
+    assert sum(path == "/ping" for path, _ in requests[:first_block]) == users
+    # One loop pass serves every user's first request: 20 x 20 ms, not 20 x 21 / 2 x 20 ms.
+    assert phases["warmup_users_completed"] == users and phases["warmup_s"] < 2.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from harness.checks import CPU_PER_REQUEST, P99, THROUGHPUT, Check, Part, Ratio, Rule
+from harness.checks import CPU_PER_REQUEST, P99, THROUGHPUT, THROUGHPUT_ADJUSTED, Check, Part, Ratio, Rule
 from harness.pairs import Pair, Variant
 
 # Any difference between the copies of at least this much would be a harness defect.
@@ -22,15 +22,21 @@ def rule(knobs: Mapping[str, int]) -> Rule:
     return Rule(
         parts=(
             differs(
-                "throughput", Check(Ratio(THROUGHPUT, "copy-a", "copy-b", short="throughput"), ">=", 1 + FLOOR_BAND)
+                "throughput",
+                Check(Ratio(THROUGHPUT_ADJUSTED, "copy-a", "copy-b", short="throughput"), ">=", 1 + FLOOR_BAND),
             ),
             differs(
                 "CPU per request",
                 Check(Ratio(CPU_PER_REQUEST, "copy-a", "copy-b", short="CPU per request"), ">=", 1 + FLOOR_BAND),
             ),
         ),
-        # A p99 from one sample rests on its slowest 1%: shown with its interval, not decided on.
-        shown=(Ratio(P99, "copy-a", "copy-b"),),
+        # Both deciding figures are read at the reference speed, as CPU per request is for
+        # every rule: this host slows and speeds up within seconds, and the copies of one
+        # block then meet different machines (raw throughput varied 15% a block between
+        # identical copies in the stored runs, speed-adjusted 11%). The raw ratio is shown,
+        # and the floor beside the ledger spans it too. A p99 from one sample rests on its
+        # slowest 1%: shown with its interval, not decided on.
+        shown=(Ratio(THROUGHPUT, "copy-a", "copy-b"), Ratio(P99, "copy-a", "copy-b")),
         note=(
             'For this control the expected reading is "no measurable difference": each interval inside '
             f"+-{100 * FLOOR_BAND:g}%. Anything else means the harness separates identical code, or this machine's "
@@ -57,8 +63,9 @@ PAIR = Pair(
     rule=rule,
     knobs={"pool_size": 10},
     order=0,
-    # Blocks to 12: one sample of identical code varies +-2-7% here on a quiet host, so
-    # the interval sits well inside the band; a host that slows and speeds up within
-    # seconds (+-20% a sample, measured) leaves it wider than the band at 16 blocks too.
-    fixed_blocks=12,
+    # 24 blocks: at the 11% a block that speed-adjusted figures of identical copies vary
+    # on a busy host (60 stored blocks), both 95% intervals lie inside +-10% in about 95%
+    # of runs, against 45% at 12 blocks (resampled from those blocks). A quiet host
+    # varies 2-7% a block and would need far fewer.
+    fixed_blocks=24,
 )
