@@ -49,6 +49,9 @@ LOOP_FIELDS = (
 GC_CLEANUP_MESSAGE = "garbage collector is trying to clean up"
 # What can free a connection's proxy other than the code closing it.
 GC_CAUSES = ("refcount", "cyclic_gc")
+# Every way a lent connection comes back: checked in (or, async, detached) by each cause.
+RETURN_KINDS = ("pool_checkins", "pool_detached")
+RETURN_CAUSES = ("close", *GC_CAUSES)
 
 
 class GCWatch:
@@ -119,7 +122,10 @@ class PoolWatch:
         # while that thread holds a lock of ours: a lock here could deadlock, and a plain
         # `counts[name] += 1` could lose an update. deque.append is atomic and takes no lock.
         self._events: deque[tuple[str, float]] = deque()
-        self._counts: dict[str, float] = {}
+        # Zeros from the start, so a return path nothing took reads 0 in /counters (and in
+        # the report's figures) instead of being missing, which reads as "not measured".
+        self._counts: dict[str, float] = {"pool_checkouts": 0}
+        self._counts |= {f"{kind}_{cause}": 0 for kind in RETURN_KINDS for cause in RETURN_CAUSES}
         self._lock = threading.RLock()  # between readers only; no listener takes it
         event.listen(pool, "checkout", self._checkout)
         event.listen(pool, "checkin", self._checkin)
@@ -165,9 +171,7 @@ class PoolWatch:
     def returned_by_gc(self) -> float:
         """Connections whose proxy was garbage-collected, checked in or detached."""
         found = self.counts()
-        return sum(
-            found.get(f"{kind}_{cause}", 0) for kind in ("pool_checkins", "pool_detached") for cause in GC_CAUSES
-        )
+        return sum(found.get(f"{kind}_{cause}", 0) for kind in RETURN_KINDS for cause in GC_CAUSES)
 
     def sizes(self) -> tuple[int, int, int] | None:
         """(checked out, overflow, checked in) for a QueuePool; None for pools without them."""

@@ -49,6 +49,7 @@ from typing import Any
 import gevent
 import gevent.event
 from locust import FastHttpUser, events, task
+from locust.contrib.fasthttp import LocustBadStatusCode
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import RequestStats, StatsError
 
@@ -531,6 +532,18 @@ class ItemUser(FastHttpUser):
                 resp.failure(f"wrong body for id {item_id}")
             elif self.expect and resp.status_code == 200 and self.expect not in (resp.content or b""):
                 resp.failure("body without the expected text")
+            elif resp.status_code >= 500 and resp.content:
+                # The apps answer a 5xx with its cause's first line ('QueuePool limit ... reached',
+                # 'too many connections ...'): kept, so failure kinds name the cause, not only the
+                # status. Locust's own exception, the reason before the code, so the kind still
+                # ends "code=503)" as readers of stored runs expect. Read for failures only, bounded.
+                try:
+                    detail = json.loads(resp.content[:4096]).get("detail")  # a longer body: not parsed
+                except (ValueError, AttributeError):
+                    detail = None
+                lines = str(detail or resp.content[:1000].decode(errors="replace")).splitlines()
+                reason = lines[0][:200] if lines else ""
+                resp.failure(LocustBadStatusCode(resp.url, reason=reason, code=resp.status_code))
             if due is not None:
                 # Open loop: the latency a client sending on schedule would have seen.
                 resp.request_meta["response_time"] = (time.perf_counter() - due) * 1000

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from apps.orm_pool_threads.pair import slowest_per_timeout
 from harness import report, runner
+from harness.checks import Total
 from harness.database import Database
 from harness.pairs import ANYIO_TOKENS, discover
 from harness.scenario import Scenario
@@ -51,6 +53,21 @@ def test_partly_holds_when_they_wait_but_none_fails() -> None:
     verdict = decide(rec(9.0))
     assert verdict.outcome == "partly holds"
     assert outcomes(verdict)[WAITS] == "clears" and outcomes(verdict)[FAILS] == "misses"
+
+
+def test_the_slowest_wait_is_shown_against_pool_timeout() -> None:
+    timeout_ms = PAIR.knobs["pool_timeout_ms"]
+    records = {
+        "default-pool": rec(9.0, failure_rate=0.05) | {"max_ms": timeout_ms * 0.25},
+        "pool-sized": rec(0.03),
+        "limiter-to-pool": rec(20.0, failure_rate=0.2) | {"max_ms": timeout_ms * 2.05},
+        "async-engine": rec(5.0),
+    }
+    verdict = PAIR.decide(records, PAIR.knobs, blocks_of(records))
+    values = {f["name"]: f["value"] for f in verdict.shown}
+    per_timeout = slowest_per_timeout(PAIR.knobs)
+    found = [values[Total(per_timeout, name).key] for name in ("default-pool", "limiter-to-pool")]
+    assert found == pytest.approx([0.25, 2.05])
 
 
 def test_a_few_microseconds_more_are_no_wait() -> None:

@@ -15,12 +15,16 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 
 from apps import instruments
+from apps.orm_sessions.pair import returns_shown, waiting_shown
+from apps.timeouts.pair import failures_with_status
 from harness import analysis, report, runner, store
 from harness.database import Database
 from harness.pairs import claims_index, discover
+from harness.procs import machine_load_lock
 from harness.scenario import Scenario
 from tests.conftest import blocks_of, write_manifest, write_variant
 from tests.test_pair_stall import get_all_at_once
+from tests.test_warmup import _locust, _tallies
 
 PAIR = discover()["orm_sessions"]
 FAILED = "failure_rate_total_never-closed"
@@ -98,6 +102,40 @@ def test_inconclusive_without_the_pool_counters() -> None:
     assert verdict.outcome == "inconclusive"
 
 
+def shown_values(verdict: Any) -> dict[str, float]:
+    return {figure["name"]: figure["value"] for figure in verdict.shown}
+
+
+def test_the_section_accounts_for_every_lent_connection() -> None:
+    # 16 lent: none back by reference counting, 1 by the collector after 120 ms, 15 never.
+    leaking = rec(rps=16, failure_rate=0.99, lent=16, cyclic_gc=1)
+    leaking["counters"]["pool_held_ms_cyclic_gc"] = 120
+    refcount, by_gc, held, never, lent = (f.key for f in returns_shown("never-closed", "checkins"))
+    values = shown_values(decide(leaking))
+    assert (values[refcount], values[by_gc], values[held], values[never], values[lent]) == (0, 1, 120, 15, 16)
+
+
+def test_a_return_path_nothing_took_reads_zero_not_missing() -> None:
+    # Never connects: the counts exist before the first checkout.
+    engine = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    try:
+        found = instruments.PoolWatch(engine.pool).counts()
+    finally:
+        engine.dispose()
+    causes = ("close", "refcount", "cyclic_gc")
+    names = ["pool_checkouts", *(f"{kind}_{cause}" for kind in ("pool_checkins", "pool_detached") for cause in causes)]
+    assert {name: found.get(name) for name in names} == dict.fromkeys(names, 0)
+
+
+def test_the_wait_is_shown_against_pool_timeout() -> None:
+    timeout_ms = PAIR.knobs["pool_timeout_ms"]
+    leaking = rec(rps=16, failure_rate=0.99, lent=16) | {"p50_ms": timeout_ms * 1.02, "max_ms": timeout_ms * 2.1}
+    per_timeout, slowest = waiting_shown("never-closed", PAIR.knobs)
+    values = shown_values(decide(leaking))
+    assert values[per_timeout.key] == pytest.approx(1.02, rel=0.05)  # blocks jitter the p50 by a few percent
+    assert values[slowest.key] == timeout_ms * 2.1
+
+
 def test_the_knobs_are_create_engines_default_pool() -> None:
     defaults = inspect.signature(QueuePool.__init__).parameters
     assert PAIR.knobs["pool_size"] == defaults["pool_size"].default
@@ -170,8 +208,8 @@ def test_a_session_never_closed_keeps_the_pool_dry_and_a_closed_one_does_not(db:
     statuses, counts, rows = found["never-closed"]
     assert set(statuses) <= {200, 503} and statuses.count(503) >= len(statuses) - 2 * slots
     assert counts["pool_timeouts"] == statuses.count(503)
-    assert counts.get("pool_checkins_close", 0) == 0
-    assert counts.get("pool_checkins_refcount", 0) == 0, "a dropped Session sits in a reference cycle"
+    assert counts["pool_checkins_close"] == 0
+    assert counts["pool_checkins_refcount"] == 0, "a dropped Session sits in a reference cycle"
     lent_now = counts["pool_checkouts"] - counts.get("pool_checkins_cyclic_gc", 0)
     assert lent_now >= slots - 1, counts
     assert max(int(r["pool_checked_out"]) for r in rows if r["pool_checked_out"]) == slots
@@ -180,6 +218,27 @@ def test_a_session_never_closed_keeps_the_pool_dry_and_a_closed_one_does_not(db:
     assert counts["pool_checkins_close"] == counts["pool_checkouts"] >= len(statuses)
     assert "pool_timeouts" not in counts
     assert max(int(r["pool_overflow"]) for r in rows if r["pool_overflow"]) <= knobs["max_overflow"]
+
+
+@pytest.mark.slow
+def test_the_load_generator_records_the_pool_timeouts_message(db: Database, tmp_path: Path) -> None:
+    knobs = PAIR.knobs | {"pool_timeout_ms": 500}
+    variant = PAIR.variant("never-closed")
+    server, port = runner.start_server(PAIR, variant, knobs, db, tmp_path, Scenario(name="test", rows=1000))
+    try:
+        with machine_load_lock(lambda _: None):
+            # 30 users against 15 connections that never come back: most requests time out.
+            _locust(tmp_path, port, variant.path, "--bench-timeout", "5", "--bench-duration", "1.5", users=30)
+    finally:
+        server.stop()
+    runner.settle(db, 0, 10)
+    [tally] = _tallies(tmp_path)
+    kinds = [[analysis.failure_kind(error), n] for error, n in tally["errors"]]
+    pool = f"QueuePool limit of size {knobs['pool_size']} overflow {knobs['max_overflow']} reached"
+    timed_out = sum(n for kind, n in kinds if pool in kind)
+    assert tally["failures"] > 0 and timed_out == tally["failures"], kinds
+    # The status stays where readers of failure kinds find it (the timeouts pair counts 504s so).
+    assert failures_with_status({"failure_kinds": kinds}, 503) == timed_out
 
 
 def test_pool_and_idle_in_transaction_figures_come_from_the_raw_files(tmp_path: Path) -> None:

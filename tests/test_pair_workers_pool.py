@@ -4,6 +4,10 @@ servers: four uvicorn workers with a pool each, against a role's connection limi
 from __future__ import annotations
 
 import contextlib
+import json
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,6 @@ from harness.database import Database
 from harness.pairs import discover
 from harness.scenario import Scenario
 from tests.conftest import blocks_of
-from tests.test_pair_stall import get_all_at_once
 
 PAIR = discover()["workers_pool"]
 LIMIT = PAIR.knobs["connection_limit"]
@@ -52,6 +55,29 @@ def test_the_pools_ask_for_more_than_the_limit_and_the_shares_fit_it() -> None:
     assert workers > 1 and workers * pool > LIMIT >= workers * (LIMIT // workers)
 
 
+def answers_at_once(port: int, path: str, n: int) -> list[tuple[int, str]]:
+    """`n` requests released together; each one's status and its body's detail (599: no answer)."""
+    answers = [(599, "")] * n
+    start = threading.Barrier(n)
+
+    def one(i: int) -> None:
+        start.wait()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path.format(id=i + 1)}", timeout=20) as resp:
+                answers[i] = (resp.status, "")
+        except urllib.error.HTTPError as err:
+            answers[i] = (err.code, str(json.loads(err.read()).get("detail")))
+        except OSError:
+            pass
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["over-limit", "within-limit"])
 def test_workers_share_one_port_and_the_limit_decides_who_fails(db: Database, tmp_path: Path, name: str) -> None:
@@ -62,7 +88,7 @@ def test_workers_share_one_port_and_the_limit_decides_who_fails(db: Database, tm
         spawned = [p for p in children if "multiprocessing" in " ".join(p.cmdline())]
         assert len(spawned) >= PAIR.knobs["workers"], [p.cmdline() for p in children]
         # Bursts of 40 at once: every worker's pool is asked for all its connections.
-        statuses = [s for _ in range(4) for s in get_all_at_once(port, variant.path, 40)]
+        answers = [a for _ in range(4) for a in answers_at_once(port, variant.path, 40)]
         with contextlib.closing(db.connect()) as conn, conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (ROLE,))
             held = cur.fetchone()[0]
@@ -70,9 +96,13 @@ def test_workers_share_one_port_and_the_limit_decides_who_fails(db: Database, tm
         server.stop()
     runner.settle(db, 0, 10)
     assert held <= LIMIT
+    statuses = [status for status, _ in answers]
     assert set(statuses) <= {200, 503}, statuses
     if name == "over-limit":
         assert statuses.count(503) > 0, "past the limit some requests are refused"
+        # Each refusal says it was the role's limit (SQLSTATE 53300), not a pool timeout.
+        refused = [detail for status, detail in answers if status == 503]
+        assert all("too many connections" in d and d.endswith("(SQLSTATE 53300)") for d in refused), refused
     else:
         assert statuses == [200] * len(statuses)
     # Each worker wrote its own loop-lag file; the analysis reads them together.

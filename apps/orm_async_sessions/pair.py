@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from apps.orm_sessions.pair import leak_parts, timeout_note
+from apps.orm_sessions.pair import LENT, NEVER_RETURNED, leak_parts, timeout_note, waiting_shown
 from harness.checks import FAILURE_RATE, NEW_BACKENDS, P50, Level, Rule, Total, counter
 from harness.pairs import Pair, Variant
 
@@ -25,10 +25,13 @@ def rule(knobs: Mapping[str, int]) -> Rule:
                 ),
                 "async-never-closed",
             ),
+            Total(NEVER_RETURNED, "async-never-closed"),
+            Total(LENT, "async-never-closed"),
             Total(counter("gc_gen2_collections", "full collections"), "async-never-closed"),
             Level(NEW_BACKENDS, "async-never-closed"),
             Level(NEW_BACKENDS, "async-with"),
             Level(P50, "async-never-closed"),
+            *waiting_shown("async-never-closed", knobs),
             Total(FAILURE_RATE, "async-with"),
         ),
         note=timeout_note(knobs).replace("create_engine", "create_async_engine"),

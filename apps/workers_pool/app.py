@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.responses import JSONResponse
@@ -19,7 +19,7 @@ from sqlalchemy import exc, make_url, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from apps import instruments
-from apps.common import Item, knob, probe_router, variant
+from apps.common import Item, count, knob, probe_router, variant
 from apps.orm import BenchItem, answer_pool_timeouts, as_item
 
 # over-limit: the pool as an app sizes it for one process. within-limit: the role's
@@ -47,10 +47,29 @@ answer_pool_timeouts(app)
 ItemId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
+# PostgreSQL's SQLSTATE for a login past a role's (or the server's) connection limit,
+# which asyncpg raises as TooManyConnectionsError.
+TOO_MANY_CONNECTIONS = "53300"
+
+
+def database_failure(error: exc.DBAPIError) -> tuple[str, str]:
+    """(counter, detail): a refused login past the limit told apart from any other database
+    error, by SQLSTATE; the detail is the driver's own first line with its SQLSTATE, so the
+    load generator's failure kinds show which it was (a pool timeout answers 'QueuePool
+    limit ...' from apps.orm)."""
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    lines = str(error.orig).splitlines() or [type(error.orig).__name__]
+    name = "too_many_connections" if sqlstate == TOO_MANY_CONNECTIONS else "database_errors"
+    return name, f"{lines[0][:160]} (SQLSTATE {sqlstate})"
+
+
 async def connect_failed(request: Request, error: Exception) -> JSONResponse:
-    # 'too many connections for role "..."' when a pool opens a connection past the limit:
-    # answered 503 with the driver's first line, not a 500 with a traceback per request.
-    return JSONResponse({"detail": str(error).splitlines()[0][:200]}, status_code=503)
+    # Answered 503, not a 500 with a traceback per request. Counted per worker: the runner
+    # reads /counters only from a single worker (several keep one each), so with several
+    # workers the 503's detail is what tells the causes apart in the report.
+    name, detail = database_failure(cast(exc.DBAPIError, error))
+    count(name)
+    return JSONResponse({"detail": detail}, status_code=503)
 
 
 app.add_exception_handler(exc.DBAPIError, connect_failed)
