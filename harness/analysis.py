@@ -13,7 +13,7 @@ import json
 import linecache
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -252,6 +252,16 @@ SUITE_APPS = ROOT / "apps"
 INSTRUMENTS = str(SUITE_APPS / "instruments.py")
 # Sites kept per sample and per variant: the line that blocks is the first, or nearly.
 MOST_SITES = 3
+# apps/instruments.py's GCWatch callback, which runs only inside a collection.
+GC_CALLBACK = "_callback"
+
+
+def is_gc_collection(site: Mapping[str, Any]) -> bool:
+    """A stall credited to the instruments' gc callback was a garbage collection: the
+    whole interpreter paused, not a call that blocks. Takes the probe's sites (with a
+    full `file`) and the suite's (only `where`, path:line)."""
+    file = str(site.get("file") or str(site.get("where") or "").rpartition(":")[0])
+    return Path(file).name == "instruments.py" and site.get("function") == GC_CALLBACK
 
 
 def read_stalls(folder: Path, window: tuple[float, float] | None) -> list[dict[str, Any]]:

@@ -110,12 +110,30 @@ def _series(run_dir: Path, record: VariantRecord, name: str, column: str) -> pd.
     return frame
 
 
-def _warmup_end(run_dir: Path, records: list[VariantRecord]) -> float | None:
-    for r in records:
-        phases = store.read_phases(sample_folder(run_dir, r))
-        if "measure_start" in phases and "load_start" in phases:
-            return phases["measure_start"] - phases["load_start"]
+def _warmup_end(run_dir: Path, record: VariantRecord) -> float | None:
+    """Seconds from load start to the measured window of the sample a record's lines are
+    drawn from: variants warm up for as long as they need, so each has its own."""
+    phases = store.read_phases(sample_folder(run_dir, record))
+    if "measure_start" in phases and "load_start" in phases:
+        return phases["measure_start"] - phases["load_start"]
     return None
+
+
+# Drawn dotted beside a panel's main line in each variant's colour, one legend entry for all.
+SECONDARY = {"pool_overflow": "overflow past pool_size"}
+WARMING_ALPHA = 0.3  # a variant's line while it still warms up, beside another's measured one
+
+
+def _plot_variant(ax: Any, frame: pd.DataFrame, value: str, warmup_end: float | None, fmt: str, **line: Any) -> None:
+    """One variant's line: faint over its own warm-up, full over its measured window."""
+    if warmup_end is None:
+        ax.plot(frame["t"], frame[value], fmt, **line)
+        return
+    warming = frame[frame["t"] <= warmup_end]
+    # The measured part starts at the warm-up's last point, so the line has no gap.
+    measured = frame[frame["t"] >= (warming["t"].iloc[-1] if len(warming) else warmup_end)]
+    ax.plot(warming["t"], warming[value], fmt, **{**line, "label": None, "alpha": WARMING_ALPHA})
+    ax.plot(measured["t"], measured[value], fmt, **line)
 
 
 def chart_pair(run_dir: Path, pair: Pair, records: list[VariantRecord], out: Path) -> None:
@@ -149,29 +167,47 @@ def chart_pair(run_dir: Path, pair: Pair, records: list[VariantRecord], out: Pat
     ax.set_title("Latency (ms, log scale)")
     ax.legend(fontsize=8)
 
-    warmup_end = _warmup_end(run_dir, ok)
-    lines = [
-        (axes[1][0], "connections.csv", "time", "total", "PostgreSQL backends (pg_stat_activity)"),
-        (axes[1][1], "probe.csv", "intended", "latency_ms", "/ping latency during load (ms, log scale)"),
-        (axes[2][0], "loop_lag.csv", "time", "lag_ms", "event-loop lag inside the server (ms, log scale)"),
-        (axes[2][1], "connections.csv", "time", "server_rss_mb", "server resident memory (MB)"),
+    warmup_ends = {r["variant"]: _warmup_end(run_dir, r) for r in ok}
+    known_ends = [end for end in warmup_ends.values() if end is not None]
+    # Grey while every variant warms up; past that, a variant still warming is drawn faint.
+    shared_warmup = min(known_ends, default=None)
+    warmup_label = "warm-up (not counted)" if len(set(known_ends)) <= 1 else "warm-up (faint: a variant's own)"
+    lines: list[tuple[Any, str, str, tuple[str, ...], str]] = [
+        (axes[1][0], "connections.csv", "time", ("total",), "PostgreSQL backends (pg_stat_activity)"),
+        (axes[1][1], "probe.csv", "intended", ("latency_ms",), "/ping latency during load (ms, log scale)"),
+        (axes[2][0], "loop_lag.csv", "time", ("lag_ms",), "event-loop lag inside the server (ms, log scale)"),
+        (axes[2][1], "connections.csv", "time", ("server_rss_mb",), "server resident memory (MB)"),
     ]
     if pooled:
         lines += [
-            (axes[3][0], "loop_lag.csv", "time", "pool_checked_out", "SQLAlchemy pool: connections checked out"),
-            (axes[3][1], "connections.csv", "time", "idle_in_transaction", "backends idle in transaction"),
+            (
+                axes[3][0],
+                "loop_lag.csv",
+                "time",
+                ("pool_checked_out", "pool_overflow"),
+                "SQLAlchemy pool: connections checked out, and overflow",
+            ),
+            (axes[3][1], "connections.csv", "time", ("idle_in_transaction",), "backends idle in transaction"),
         ]
-    for ax, file, column, value, title in lines:
-        if warmup_end:
-            ax.axvspan(0, warmup_end, color="#ececec", label="warm-up (not counted)")
+    for ax, file, column, values, title in lines:
+        if shared_warmup:
+            ax.axvspan(0, shared_warmup, color="#ececec", label=warmup_label)
         for r in ok:
             frame = _series(run_dir, r, file, column)
-            if frame is not None and value in frame:
-                frame = frame.dropna(subset=[value])  # usage is sampled less often than backends
-                style = ROLE_STYLES.get(r["role"], "-")
-                ax.plot(
-                    frame["t"], frame[value], style, label=r["variant"], color=by_variant[r["variant"]], linewidth=1.2
-                )
+            if frame is None or values[0] not in frame:
+                continue
+            color, end = by_variant[r["variant"]], warmup_ends[r["variant"]]
+            style = ROLE_STYLES.get(r["role"], "-")
+            # Usage is sampled less often than backends: each column's own rows.
+            main = frame[["t", values[0]]].dropna()
+            _plot_variant(ax, main, values[0], end, style, color=color, linewidth=1.2, label=r["variant"])
+            for value in (v for v in values[1:] if v in frame):
+                # A negative overflow only counts connections still below pool_size.
+                known = frame[["t", value]].dropna()
+                extra = pd.DataFrame({"t": known["t"], value: known[value].clip(lower=0)})
+                _plot_variant(ax, extra, value, end, ":", color=color, linewidth=1.6)
+        for value in values[1:]:
+            ax.plot([], [], ":", color="black", linewidth=1.6, label=SECONDARY[value])
         ax.set_title(title)
         ax.set_xlabel("seconds since load start")
         ax.legend(fontsize=8)
@@ -214,7 +250,7 @@ def chart_states(run_dir: Path, pair: Pair, records: list[VariantRecord], out: P
     rows = -(-len(drawn) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows + 0.6), squeeze=False, sharey=True)
     for ax, (r, frame) in zip(axes.flat, drawn, strict=False):
-        warmup_end = _warmup_end(run_dir, [r])
+        warmup_end = _warmup_end(run_dir, r)
         if warmup_end:
             ax.axvspan(0, warmup_end, color="#ececec")
         ax.stackplot(

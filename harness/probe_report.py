@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, TypedDict
 
-from harness import store
+from harness import analysis, store
 from harness.pairs import ANYIO_TOKENS, ROOT, STALL_MIN_MS, BenchError
 from harness.probe import shell_join
 
@@ -137,8 +137,8 @@ def _stalls(summary: dict[str, Any], records: list[dict[str, Any]]) -> list[Find
     every_site = stalls.get("sites") or []
     # A stall caught inside the instruments' gc callback was a garbage collection: a pause
     # of the whole interpreter, not a call of the app's that blocks. Information only.
-    collections = [site for site in every_site if _is_collection(site)]
-    sites = [site for site in every_site if not _is_collection(site)]
+    collections = [site for site in every_site if analysis.is_gc_collection(site)]
+    sites = [site for site in every_site if not analysis.is_gc_collection(site)]
     laggy = _worst(records, "loop_lag_p99_ms")
     gc_finding = []
     if collections:
@@ -158,14 +158,6 @@ def _stalls(summary: dict[str, Any], records: list[dict[str, Any]]) -> list[Find
         if not sites:  # the lag is the collector's
             return gc_finding
     return _blocking_stalls(stalls, sites, laggy) + gc_finding
-
-
-def _is_collection(site: dict[str, Any]) -> bool:
-    return Path(str(site.get("file") or "")).name == "instruments.py" and site.get("function") == GC_CALLBACK
-
-
-# apps/instruments.py's GCWatch callback, which runs only inside a collection.
-GC_CALLBACK = "_callback"
 
 
 def _blocking_stalls(

@@ -24,6 +24,7 @@ from harness.records import (
     JudgedCheck,
     PhysicsRow,
     ShownFigure,
+    StallSite,
     Summary,
     VariantRecord,
     VerdictEntry,
@@ -266,7 +267,8 @@ def _stalls(records: list[VariantRecord]) -> list[str]:
         return []
     lines = [
         f"**What blocked the event loop** (the stack watchdog: while the loop is over {analysis.STALL_MS:g} ms late, "
-        "a thread reads its stack; each stall is credited to the line of the suite's code it was on):",
+        "a thread reads its stack; each stall is credited to the line of the suite's code it was on, or to the "
+        "garbage collection it was inside):",
         "",
         "| variant | stalls caught | line | function | code | share of stalls | lag per stall ms |",
         "|---|--:|---|---|---|--:|--:|",
@@ -274,13 +276,23 @@ def _stalls(records: list[VariantRecord]) -> list[str]:
     for r in stalled:
         caught = int(r["stalls_caught"] or 0)
         for site in r["stall_sites"] or []:
-            code = site["code"].replace("|", "\\|")  # a table cell
             lines.append(
-                f"| `{r['variant']}` | {caught:,} | `{site['where']}` | `{site['function']}` | "
-                f"`{code}` | {100 * site['stalls'] / caught:.0f}% | "
+                f"| `{r['variant']}` | {caught:,} | {_stall_site(site)} | {100 * site['stalls'] / caught:.0f}% | "
                 f"{site['lag_ms_total'] / max(1, site['stalls']):.0f} |"
             )
     return [*lines, ""]
+
+
+GC_SITE = "full garbage collection (the collector ran on the loop)"
+
+
+def _stall_site(site: StallSite) -> str:
+    """The line, function and code cells of a stall site. A stall caught in the
+    instruments' gc callback is the collector's pause, not the instruments' own cost."""
+    if analysis.is_gc_collection(site):
+        return f"{GC_SITE} | |"
+    code = site["code"].replace("|", "\\|")  # a table cell
+    return f"`{site['where']}` | `{site['function']}` | `{code}`"
 
 
 def _table(records: list[VariantRecord], columns: Columns = COLUMNS) -> list[str]:
@@ -600,6 +612,19 @@ def _counters(counters: Counters) -> str:
     return ", ".join(f"{name} {one(value)}" for name, value in counters.items())
 
 
+# Threads a ledger row cites for a claim no article makes; its section lists them all.
+LEDGER_REFERENCES = 3
+
+
+def _ledger_sources(pair: Pair) -> str:
+    """'A3, B1' (article seeds), or the first production threads the pair reproduces."""
+    if pair.sources or not pair.references:
+        return ", ".join(pair.sources) or "production reports"
+    cited = [reference_link(ref) for ref in pair.references[:LEDGER_REFERENCES]]
+    more = len(pair.references) - len(cited)
+    return "production reports: " + ", ".join(cited) + (f", +{more} more" if more else "")
+
+
 def _ledger(pairs: list[Pair], verdicts: dict[str, VerdictEntry], manifest: dict[str, Any]) -> list[str]:
     """One row per pair, in claim order: what a reader scans first."""
     packages = manifest["environment"]["packages"]
@@ -619,7 +644,7 @@ def _ledger(pairs: list[Pair], verdicts: dict[str, VerdictEntry], manifest: dict
         outcome = f"**{verdict['outcome']}**" if verdict else "not measured"
         headline = (verdict or {}).get("headline") or ""
         lines.append(
-            f"| {pair.claim_id}: {pair.claim} ({', '.join(pair.sources) or 'production reports'}) | {outcome} | "
+            f"| {pair.claim_id}: {pair.claim} ({_ledger_sources(pair)}) | {outcome} | "
             f"{headline} | "
             f"[`{pair.name}`](#{pair.name}-{pair.claim_id.lower()}) |"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,52 @@ def test_usage_sampled_less_often_than_backends_is_averaged_over_its_own_rows(tm
     assert record["machine_cpu_pct"] == pytest.approx(80.0 + 30.0 + 50.0)
     assert record["mean_connections"] == pytest.approx(4.5, abs=0.02) and record["peak_active"] == 1
     assert record["server_rss_mb_peak"] == 120.0
+
+
+def test_a_ledger_row_without_articles_cites_the_pairs_first_threads() -> None:
+    threads = ("fastapi#5122", "mozilla-ai/otari#1236", "fastapi#3205", "fastapi#3089")
+    pair = replace(discover()["deps"], sources=(), references=threads)
+    manifest = {"environment": {"packages": {}, "cpu_count": 2}}
+    [row] = [line for line in report._ledger([pair], {}, manifest) if line.startswith("| C")]
+    assert "[fastapi#5122](https://github.com/fastapi/fastapi/issues/5122)" in row
+    assert "[mozilla-ai/otari#1236](https://github.com/mozilla-ai/otari/issues/1236)" in row
+    assert "fastapi#3089" not in row and "+1 more" in row  # the section lists them all
+    cited = replace(pair, sources=("A1",))
+    [row] = [line for line in report._ledger([cited], {}, manifest) if line.startswith("| C")]
+    assert "(A1)" in row and "fastapi#5122" not in row
+
+
+def test_a_stall_in_the_instruments_gc_callback_is_shown_as_a_collection() -> None:
+    gc_site = {
+        "where": "apps/instruments.py:68",
+        "function": "_callback",
+        "code": "def _callback(self):",
+        "blocked_in": "apps/instruments.py:68 _callback",
+        "stalls": 3,
+        "lag_ms_total": 120.0,
+    }
+    app_site = {
+        "where": "apps/deps/app.py:41",
+        "function": "blocking_dep",
+        "code": "time.sleep(0.1)",
+        "blocked_in": "apps/deps/app.py:41 blocking_dep",
+        "stalls": 1,
+        "lag_ms_total": 100.0,
+    }
+    beat = gc_site | {"where": "apps/instruments.py:331", "function": "_beat"}  # the instruments, not gc
+    record = {"variant": "sync-dep", "stalls_caught": 5, "stall_sites": [gc_site, app_site, beat]}
+    rows = [line for line in report._stalls([record]) if line.startswith("| `sync-dep`")]  # type: ignore[list-item]
+    assert rows[0].split(" | ")[2] == report.GC_SITE and "instruments.py:68" not in rows[0]
+    assert "`apps/deps/app.py:41`" in rows[1] and "`apps/instruments.py:331`" in rows[2]
+    # The probe's sites name the file in full: the same rule.
+    assert analysis.is_gc_collection({"file": "/srv/apps/instruments.py", "function": "_callback"})
+    assert not analysis.is_gc_collection({"file": "/app/crud.py", "where": "app/crud.py:2", "function": "_callback"})
+
+
+def test_each_variant_shades_its_own_warm_up(tmp_path: Path) -> None:
+    for variant, warmup_s in (("sync-dep", 2.0), ("async-dep", 9.5)):
+        folder = write_variant(tmp_path, "deps", variant, "bad")
+        store.write_json(folder / "phases.json", {"load_start": 1000.0 - warmup_s, "measure_start": 1000.0})
+    records = [{"pair": "deps", "variant": v, "sample": "closed-u10-r1"} for v in ("sync-dep", "async-dep")]
+    ends = [charts._warmup_end(tmp_path, r) for r in records]  # type: ignore[arg-type]
+    assert ends == [pytest.approx(2.0), pytest.approx(9.5)]
