@@ -3,7 +3,8 @@ as B against A with an interval and a word: faster, slower or not significant.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness import analysis, stats, store
@@ -14,6 +15,10 @@ from harness.records import Summary, VariantRecord
 FIGURES = (("rps", "req/s", True), ("p50_ms", "p50 ms", False), ("p99_ms", "p99 ms", False))
 # What must match for two runs to be comparable at face value.
 MACHINE_KEYS = ("cpu_model", "cpu_count", "memory_gb", "os", "python")
+# A probe run's records are named by sample (harness.runner.Sample.id); its one open-loop
+# sample's name holds its rate and users, which follow from that run's knee, so two probe
+# runs of one app name it differently. A suite run's records are named by variant.
+_OPEN_SAMPLE = re.compile(r"^open-rate[^-]+-u\d+-(b\d+)$")
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,9 @@ def differences(a_dir: Path, b_dir: Path) -> list[str]:
         here, there = (a.get("target") or {}).get(key), (b.get("target") or {}).get(key)
         if here != there:
             found.append(f"probe {key}: {here} vs {there}")
+    rates = [((m.get("open_loop") or {}).get("rate")) for m in (a, b)]
+    if a.get("kind") == b.get("kind") == "probe" and rates[0] != rates[1]:
+        found.append(f"probe open-loop rate: {rates[0]} vs {rates[1]} req/s (each set by its own run's sweep)")
     for key in sorted(set(a["scenario"]) | set(b["scenario"])):
         if key not in ("name", "description") and a["scenario"].get(key) != b["scenario"].get(key):
             found.append(f"scenario {key}: {a['scenario'].get(key)} vs {b['scenario'].get(key)}")
@@ -71,16 +79,23 @@ def _judge(a: VariantRecord, b: VariantRecord, figure: str, label: str, higher_i
     return Change(a["pair"], a["variant"], figure, label, a[figure], b[figure], ratio, judged["ci"], word, worse_pct)
 
 
+def matched_name(record: VariantRecord) -> str:
+    """The name a record is matched by across two runs: its variant's, except a probe
+    run's open-loop sample, which is matched as "open-loop-b<block>" whatever its rate."""
+    match = _OPEN_SAMPLE.match(str(record["variant"])) if record.get("mode") == "open" else None
+    return f"open-loop-{match.group(1)}" if match else str(record["variant"])
+
+
 def compare(a_dir: Path, b_dir: Path) -> list[Change]:
-    a_records = {(r["pair"], r["variant"]): r for r in _summary(a_dir)["variants"] if r["status"] == "ok"}
-    b_records = {(r["pair"], r["variant"]): r for r in _summary(b_dir)["variants"] if r["status"] == "ok"}
+    a_records = {(r["pair"], matched_name(r)): r for r in _summary(a_dir)["variants"] if r["status"] == "ok"}
+    b_records = {(r["pair"], matched_name(r)): r for r in _summary(b_dir)["variants"] if r["status"] == "ok"}
     changes = []
     for key in [k for k in a_records if k in b_records]:
         a, b = a_records[key], b_records[key]
         for figure, label, higher_is_better in FIGURES:
             if not a.get(figure) or b.get(figure) is None:
                 continue
-            changes.append(_judge(a, b, figure, label, higher_is_better))
+            changes.append(replace(_judge(a, b, figure, label, higher_is_better), variant=key[1]))
     if not changes:
         raise BenchError(f"{a_dir} and {b_dir} have no measured variant in common")
     return changes

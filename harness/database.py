@@ -106,19 +106,31 @@ def fetch_row(db: Database, item_id: int) -> dict[str, Any] | None:
     return None if row is None else {"id": row[0], "name": row[1], "price_cents": row[2]}
 
 
-# Client backends on the suite's database, by state, not counting the harness's own.
+# Client backends on the suite's database, by state, not counting the harness's own, with
+# the longest any has been in that state (ms; clock_timestamp, not now(): the sampler's
+# connection may be inside a transaction of its own).
 # A backend still authenticating has no database yet but already holds a connection slot.
 BACKENDS_SQL = """
-SELECT coalesce(state, 'starting'), count(*) FROM pg_stat_activity
+SELECT coalesce(state, 'starting'), count(*),
+       max(extract(epoch FROM clock_timestamp() - state_change)) * 1000
+FROM pg_stat_activity
 WHERE backend_type = 'client backend' AND (datname = current_database() OR datname IS NULL)
   AND application_name <> %s AND pid <> pg_backend_pid()
 GROUP BY 1
 """
 
 
-def backends_by_state(cur: Any) -> dict[str, int]:
+def backends_and_ages(cur: Any) -> tuple[dict[str, int], dict[str, float]]:
+    """Backends by state, and per state the longest one has been in it (ms)."""
     cur.execute(BACKENDS_SQL, (HARNESS_APP_NAME,))
-    return {state: int(count) for state, count in cur.fetchall()}
+    rows = cur.fetchall()
+    return {state: int(count) for state, count, _ in rows}, {
+        state: round(float(age), 1) for state, _, age in rows if age is not None
+    }
+
+
+def backends_by_state(cur: Any) -> dict[str, int]:
+    return backends_and_ages(cur)[0]
 
 
 def sessions_started(cur: Any) -> int:

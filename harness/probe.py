@@ -1058,16 +1058,66 @@ def pool_figures(run_dir: Path, record: SampleRecord) -> dict[str, Any]:
     return out
 
 
-def idle_in_transaction_peak(run_dir: Path, record: SampleRecord) -> int | None:
+def idle_in_transaction(run_dir: Path, record: SampleRecord) -> dict[str, Any]:
+    """Backends `idle in transaction` in the measured window: the peak and mean count, and
+    the share of samples in which one had sat so for HELD_TRANSACTION_MS or more, which
+    tells a transaction held across slow work from one caught between two statements."""
     folder = run_dir / "samples" / str(record["sample"])
     path = store.raw(folder, "connections.csv")
     window = analysis.measured_window(folder, analysis.read_tallies(folder))
+    out: dict[str, Any] = {
+        "idle_in_transaction_peak": None, "idle_in_transaction_mean": None,
+        "idle_in_transaction_held_share": None, "idle_in_transaction_oldest_ms": None,
+    }  # fmt: skip
     if not path.is_file() or window is None:
-        return None
+        return out
     frame = pd.read_csv(path)
     frame = frame[(frame["time"] >= window[0]) & (frame["time"] <= window[1])]
     values = frame["idle_in_transaction"].dropna() if "idle_in_transaction" in frame else pd.Series(dtype=float)
-    return int(values.max()) if len(values) else None
+    if not len(values):
+        return out
+    out |= {"idle_in_transaction_peak": int(values.max()), "idle_in_transaction_mean": round(float(values.mean()), 2)}
+    if "idle_in_transaction_oldest_ms" in frame:  # runs sampled before it was recorded have counts only
+        ages = pd.to_numeric(frame.loc[values.index, "idle_in_transaction_oldest_ms"], errors="coerce").fillna(0.0)
+        out["idle_in_transaction_held_share"] = round(float((ages >= HELD_TRANSACTION_MS).mean()), 3)
+        out["idle_in_transaction_oldest_ms"] = round(float(ages.max()), 1)
+    return out
+
+
+# A backend idle in transaction this long (ms) is held across something slow (an upstream
+# call, a stalled loop): a statement's round trip, even with threads queued for the GIL on
+# a busy machine, leaves it there for milliseconds.
+HELD_TRANSACTION_MS = 100.0
+
+
+# SQLAlchemy's message when a checkout waited `pool_timeout` for a connection in vain
+# (sqlalchemy.exc.TimeoutError), as the server's log prints the exception.
+_POOL_TIMEOUT = re.compile(r"TimeoutError: QueuePool limit of size (\d+) overflow (-?\d+) reached")
+# A log record's first line in uvicorn's default format: one traceback per record.
+_LOG_RECORD = re.compile(r"^(CRITICAL|ERROR|WARNING|INFO|DEBUG):")
+
+
+def pool_timeouts(folder: Path) -> dict[str, Any]:
+    """SQLAlchemy pool checkouts that timed out, counted from the server's log (the whole
+    sample, warm-up included: the log has no times), at most one per logged record so a
+    chained traceback is not counted twice; with the size and overflow the message names."""
+    try:
+        lines = (folder / "server.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return {"pool_timeouts": 0}
+    # Without uvicorn's record lines (an app's own log format), each message counts.
+    by_record = any(_LOG_RECORD.match(line) for line in lines)
+    count, limits, counted = 0, None, False
+    for line in lines:
+        if _LOG_RECORD.match(line):
+            counted = False
+        if (match := _POOL_TIMEOUT.search(line)) and not counted:
+            count, counted = count + 1, by_record
+            limits = [int(match.group(1)), int(match.group(2))]
+    out: dict[str, Any] = {"pool_timeouts": count}
+    if limits:
+        out["pool_timeout_limits"] = {"size": limits[0], "max_overflow": limits[1]}
+    return out
 
 
 def per_path(run_dir: Path, record: SampleRecord) -> list[dict[str, Any]]:
@@ -1103,8 +1153,9 @@ def write_summary(run: ProbeRun, manifest: dict[str, Any]) -> None:
     extras = {
         str(r["sample"]): {
             "paths": per_path(run.run_dir, r),
-            "idle_in_transaction_peak": idle_in_transaction_peak(run.run_dir, r),
+            **idle_in_transaction(run.run_dir, r),
             **pool_figures(run.run_dir, r),
+            **pool_timeouts(run.run_dir / "samples" / str(r["sample"])),
         }
         for r in samples
         if r["status"] == "ok"

@@ -15,29 +15,48 @@ from typing import Any, TypedDict
 
 from harness import analysis, store
 from harness.pairs import ANYIO_TOKENS, ROOT, STALL_MIN_MS, BenchError
-from harness.probe import shell_join
+from harness.probe import HELD_TRANSACTION_MS, shell_join
 
 # A level stalls the loop when its loop lag p99 (inside the server) reaches this.
 STALL_LAG_MS = STALL_MIN_MS
 # Backends at this share of max_connections leave no room for another worker or deploy.
 MAX_CONNECTIONS_SHARE = 0.8
-# The ledger sections a finding links to: pair heading anchors in the suite's REPORT.md.
+# A level holds transactions open when at least this share of its samples found a backend
+# idle in transaction for probe.HELD_TRANSACTION_MS or more. Backends caught between a
+# query and its commit, however many, are not a finding: their peak is in the Pool section.
+HELD_TRANSACTION_SHARE = 0.25
+# The ledger sections a finding links to: pair heading anchors in the suite's REPORT.md
+# (harness/report.py writes "## `pair`: CLAIM", so the anchor is "pair-claim", lower case).
 PATTERNS = {
     "blocking": ("C11", "a blocking call in `async def` blocks the server", "blocking-c11"),
+    "orm_async_endpoint": ("C11", "a sync SQLAlchemy Session inside `async def` blocks the server",
+                           "orm_async_endpoint-c11"),
     "deps": ("C1", "a sync (blocking) dependency or driver call on the event loop", "deps-c1"),
     "stall": ("C6", "`def` endpoints waiting for worker threads and pool connections", "stall-c6"),
     "def_endpoint": ("C2", "work in `def` endpoints runs in anyio's worker threads", "def_endpoint-c2"),
     "sessions": ("C7", "sessions and connections that are not returned", "sessions-c7"),
     "pool": ("C12", "connections opened per request instead of pooled", "pool-c12"),
     "semaphore": ("C15", "bounding concurrent database work", "semaphore-c15"),
-}
+    "orm_pool_threads": ("C16", "`def` endpoints on the default pool queue for its 5 + 10 connections behind "
+                         "40 worker threads", "orm_pool_threads-c16"),
+    "orm_idle_in_transaction": ("C17", "a transaction held open across slow work keeps its connection from the pool",
+                                "orm_idle_in_transaction-c17"),
+    "workers_pool": ("C19", "each worker process opens its own pool: workers x pool size must fit "
+                     "max_connections", "workers_pool-c19"),
+}  # fmt: skip
 # Where a stack that blocked the loop shows a database driver: the `deps` pattern.
 DRIVER_MARKS = ("psycopg2", "psycopg", "sqlalchemy", "pymysql", "sqlite3", "redis", "requests", "urllib3")
+# Where it shows SQLAlchemy's sync API (a Session or its Connection): the `orm_async_endpoint` pattern.
+SQLALCHEMY_MARKS = ("sqlalchemy", "sqlmodel")
+# Failure texts that name the database's connection limit.
+MAX_CONNECTIONS_MARKS = ("too many clients", "remaining connection slots")
 
 
 class Finding(TypedDict):
-    kind: str  # "loop stalls", "worker threads", "pool", "idle in transaction", "max_connections", "knee", "failures"
-    problem: bool  # False: information (the knee)
+    # "loop stalls", "worker threads", "pool", "idle in transaction", "max_connections", "failures"; information:
+    # "knee", "gc pauses", "brief stalls", and "pool" when not exhausted
+    kind: str
+    problem: bool  # False: information
     text: str
     patterns: list[str]  # keys of PATTERNS
 
@@ -78,19 +97,7 @@ def diagnose(summary: dict[str, Any], manifest: dict[str, Any]) -> list[Finding]
             )
         )
     findings += _pool(records, by_sample)
-    idle = [(r, (by_sample.get(str(r.get("sample"))) or {}).get("idle_in_transaction_peak") or 0) for r in records]
-    idle = [(r, n) for r, n in idle if n > 0]
-    if idle:
-        record, peak = max(idle, key=lambda item: item[1])
-        findings.append(
-            Finding(
-                kind="idle in transaction",
-                problem=True,
-                text=f"{peak} backends sat `idle in transaction` at peak ({_at(record)}): sessions that hold a "
-                "transaction open while the request does other work keep their connections from the pool.",
-                patterns=["sessions"],
-            )
-        )
+    findings += _idle_in_transaction(records, by_sample)
     limit = int((manifest.get("database") or {}).get("max_connections") or 0)
     crowded = _worst(records, "peak_connections")
     if limit and crowded is not None and crowded["peak_connections"] >= MAX_CONNECTIONS_SHARE * limit:
@@ -100,25 +107,10 @@ def diagnose(summary: dict[str, Any], manifest: dict[str, Any]) -> list[Finding]
                 problem=True,
                 text=f"{crowded['peak_connections']} backends at {_at(crowded)} against max_connections {limit} "
                 f"(at least {MAX_CONNECTIONS_SHARE:.0%}): another worker process or a deploy's overlap runs out.",
-                patterns=["pool", "semaphore"],
+                patterns=["workers_pool", "pool", "semaphore"],
             )
         )
-    failures = [r for r in records if r.get("failures")]
-    if failures:
-        kinds: dict[str, int] = {}
-        for record in failures:
-            for kind, count in record.get("failure_kinds") or []:
-                kinds[kind] = kinds.get(kind, 0) + int(count)
-        worst = max(failures, key=lambda r: r.get("failure_rate") or 0)
-        listed = "; ".join(f"{n:,} x {kind}" for kind, n in sorted(kinds.items(), key=lambda i: -i[1])[:5])
-        findings.append(
-            Finding(
-                kind="failures",
-                problem=True,
-                text=f"Requests failed: {worst.get('failure_rate', 0):.1%} at {_at(worst)}. By kind: {listed}.",
-                patterns=[],
-            )
-        )
+    findings += _failures(records, by_sample)
     knee = summary.get("knee")
     target = (manifest.get("target") or {}).get("p99_target_ms")
     if knee:
@@ -127,6 +119,56 @@ def diagnose(summary: dict[str, Any], manifest: dict[str, Any]) -> list[Finding]
         text = "No level kept p99 under the target, so there is no knee"
     findings.append(Finding(kind="knee", problem=False, text=f"{text} (target {target or 0:g} ms).", patterns=[]))
     return findings
+
+
+def _idle_in_transaction(records: list[dict[str, Any]], by_sample: dict[str, Any]) -> list[Finding]:
+    """A problem where a level's samples found a transaction held open (HELD_TRANSACTION_SHARE
+    of them saw a backend idle in transaction for HELD_TRANSACTION_MS or more)."""
+    held = []
+    for record in records:
+        extra = by_sample.get(str(record.get("sample"))) or {}
+        share = extra.get("idle_in_transaction_held_share")
+        if share is not None and share >= HELD_TRANSACTION_SHARE:
+            held.append((record, float(share), extra))
+    if not held:
+        return []
+    record, share, extra = max(held, key=lambda item: item[1])
+    return [
+        Finding(
+            kind="idle in transaction",
+            problem=True,
+            text=f"In {share:.0%} of the samples at {_at(record)} a backend had sat `idle in transaction` for "
+            f"{HELD_TRANSACTION_MS:g} ms or more (longest {_num(extra.get('idle_in_transaction_oldest_ms'))} ms; "
+            f"peak {extra.get('idle_in_transaction_peak') or 0} backends, mean "
+            f"{_num(extra.get('idle_in_transaction_mean'), 1)}): sessions that hold a transaction open while the "
+            "request does other work keep their connections from the pool.",
+            patterns=["orm_idle_in_transaction", "sessions"],
+        )
+    ]
+
+
+def _failures(records: list[dict[str, Any]], by_sample: dict[str, Any]) -> list[Finding]:
+    """Failures by kind, linked to the pair whose mechanism their words or the server's
+    pool timeouts name."""
+    failures = [r for r in records if r.get("failures")]
+    if not failures:
+        return []
+    kinds: dict[str, int] = {}
+    for record in failures:
+        for kind, count in record.get("failure_kinds") or []:
+            kinds[kind] = kinds.get(kind, 0) + int(count)
+    worst = max(failures, key=lambda r: r.get("failure_rate") or 0)
+    listed = "; ".join(f"{n:,} x {kind}" for kind, n in sorted(kinds.items(), key=lambda i: -i[1])[:5])
+    text = f"Requests failed: {worst.get('failure_rate', 0):.1%} at {_at(worst)}. By kind: {listed}."
+    words = " ".join(kinds).lower()
+    timed_out = sum(_pool_timeouts(r, by_sample.get(str(r.get("sample"))) or {}) for r in failures)
+    patterns = []
+    if timed_out:
+        text += f" The server logged {timed_out:,} SQLAlchemy pool timeouts at these levels."
+        patterns.append("orm_pool_threads")
+    if any(mark in words for mark in MAX_CONNECTIONS_MARKS):
+        patterns.append("workers_pool")
+    return [Finding(kind="failures", problem=True, text=text, patterns=patterns)]
 
 
 def _stalls(summary: dict[str, Any], records: list[dict[str, Any]]) -> list[Finding]:
@@ -170,12 +212,14 @@ def _blocking_stalls(
     lag_text = f"loop lag p99 {laggy['loop_lag_p99_ms']:,.0f} ms at {_at(laggy)}" if laggy else "no loop lag measured"
     if not stalled:
         caught = sum(site["stalls"] for site in sites)
+        top = named_site(sites)
         return [
             Finding(
                 kind="brief stalls",
                 problem=False,
-                text=f"The watchdog caught {caught} brief stalls, the most at {sites[0]['where']} "
-                f"(`{sites[0]['function']}`), but they did not raise the loop lag ({lag_text}) to "
+                text=f"The watchdog caught {caught} brief stalls, the most "
+                + ("in the app's code" if top["in_app"] else "in libraries (none in the app's code)")
+                + f" at {top['where']} (`{top['function']}`), but they did not raise the loop lag ({lag_text}) to "
                 f"{STALL_LAG_MS:g} ms.",
                 patterns=[],
             )
@@ -190,8 +234,8 @@ def _blocking_stalls(
                 patterns=["blocking"],
             )
         ]
-    top = sites[0]
-    driver = any(mark in frame.split(os.sep) or f"/{mark}/" in frame for frame in top["stack"] for mark in DRIVER_MARKS)
+    top = named_site(sites)
+    driver = _stack_shows(top, DRIVER_MARKS)
     where = f"`{top['function']}` at {top['where']}" + (f" (`{top['code']}`)" if top["code"] else "")
     share = f"{top['stalls']} of {stalls['captured']}"
     blocked_in = "" if top["blocked_in"].startswith(top["where"]) else f", blocked in {top['blocked_in']}"
@@ -201,53 +245,83 @@ def _blocking_stalls(
         f"in all, worst {top['lag_ms_max']:,.0f} ms."
     )
     if not top["in_app"]:
-        text += " No frame of that stack is in the app's folder: the call comes from a library."
+        text += (
+            " No stack the watchdog caught has a frame in the app's folder: the call comes from a library, "
+            "so this is the most frequent library site."
+        )
+    elif top is not sites[0]:
+        first = sites[0]
+        text += (
+            f" More stalls ({first['stalls']}) were caught in library code at {first['where']} "
+            f"(`{first['function']}`), with no frame of the app's on their stack."
+        )
     patterns = ["deps", "blocking"] if driver else ["blocking"]
+    if _stack_shows(top, SQLALCHEMY_MARKS):  # a sync Session or Connection used on the loop
+        patterns.insert(0, "orm_async_endpoint")
     return [Finding(kind="loop stalls", problem=True, text=text, patterns=patterns)]
 
 
+def named_site(sites: list[dict[str, Any]]) -> dict[str, Any]:
+    """The site a finding names: the most frequent in the app's own code, else (no stall
+    had a frame of the app's) the most frequent of all. `sites` is most frequent first."""
+    return next((site for site in sites if site["in_app"]), sites[0])
+
+
+def _stack_shows(site: dict[str, Any], marks: tuple[str, ...]) -> bool:
+    return any(mark in frame.split(os.sep) or f"/{mark}/" in frame for frame in site["stack"] for mark in marks)
+
+
+def _pool_timeouts(record: dict[str, Any], extra: dict[str, Any]) -> int:
+    """Checkouts that timed out at a level: the server's log counts them (probe.pool_timeouts);
+    a failure kind naming the limit is the same event seen by the client, so not added."""
+    seen = sum(int(n) for kind, n in record.get("failure_kinds") or [] if "QueuePool limit" in str(kind))
+    return max(int(extra.get("pool_timeouts") or 0), seen)
+
+
 def _pool(records: list[dict[str, Any]], by_sample: dict[str, Any]) -> list[Finding]:
-    """Exhaustion (checked out at size + overflow, or QueuePool timeouts) is a problem;
+    """Exhaustion (checked out at size + overflow, or checkouts that timed out) is a problem;
     otherwise the pool's limit and its busiest level are information."""
-    findings: list[Finding] = []
     busiest: tuple[int, dict[str, Any], dict[str, Any]] | None = None
     for record in records:
         extra = by_sample.get(str(record.get("sample"))) or {}
         pools = extra.get("pools") or []
-        if not pools:
+        timeouts = _pool_timeouts(record, extra)
+        if not pools and not timeouts:
             continue
-        pool = pools[0]
+        # No watched pool (an engine the wrapper did not find): the limits the timeout message names.
+        pool = pools[0] if pools else {"class": "QueuePool", **(extra.get("pool_timeout_limits") or {})}
         limit = (pool.get("size") or 0) + max(0, pool.get("max_overflow") or 0)
         peak = extra.get("pool_checked_out_peak")
-        timeouts = sum(int(n) for kind, n in record.get("failure_kinds") or [] if "QueuePool limit" in str(kind))
         if (limit and peak is not None and peak >= limit) or timeouts:
-            findings.append(
+            held = f"{peak} of its {limit or '?'} connections checked out at peak" if peak is not None else ""
+            waited = f"{timeouts:,} checkouts timed out waiting for one (in the server's log)" if timeouts else ""
+            # A sync pool is checked out from worker threads: `def` endpoints and sync dependencies.
+            threads = "Async" not in str(pool.get("class"))
+            return [
                 Finding(
                     kind="pool",
                     problem=True,
                     text=f"The SQLAlchemy pool ({_pool_text(pool)}) was exhausted at {_at(record)}: "
-                    f"{peak} connections checked out at peak of {limit}"
-                    + (f", {timeouts:,} requests failed waiting for one" if timeouts else "")
+                    + ", ".join(part for part in (held, waited) if part)
                     + ".",
-                    patterns=["stall", "sessions"],
+                    patterns=(["orm_pool_threads"] if threads else []) + ["stall", "sessions"],
                 )
-            )
-            return findings
-        if busiest is None or (peak or 0) > busiest[0]:
+            ]
+        if pools and (busiest is None or (peak or 0) > busiest[0]):
             busiest = (peak or 0, record, pool)
-    if busiest is not None:
-        peak, record, pool = busiest
-        limit = (pool.get("size") or 0) + max(0, pool.get("max_overflow") or 0)
-        findings.append(
-            Finding(
-                kind="pool",
-                problem=False,
-                text=f"The SQLAlchemy pool: {_pool_text(pool)}; at most {peak} of its {limit or '?'} connections "
-                f"checked out (at {_at(record)}).",
-                patterns=[],
-            )
+    if busiest is None:
+        return []
+    peak, record, pool = busiest
+    limit = (pool.get("size") or 0) + max(0, pool.get("max_overflow") or 0)
+    return [
+        Finding(
+            kind="pool",
+            problem=False,
+            text=f"The SQLAlchemy pool: {_pool_text(pool)}; at most {peak} of its {limit or '?'} connections "
+            f"checked out (at {_at(record)}).",
+            patterns=[],
         )
-    return findings
+    ]
 
 
 def _pool_text(pool: dict[str, Any]) -> str:
@@ -416,8 +490,9 @@ def _stall_section(summary: dict[str, Any]) -> list[str]:
             f"| {rank} | {where} | {code} | {site['stalls']:,} | {site['lag_ms_total']:,.0f} | "
             f"{site['lag_ms_max']:,.0f} | `{site['blocked_in']}` |"
         )
-    top = sites[0]
-    lines += ["", f"The most frequent stack (innermost first), as captured at {top['where']}:", "", "```"]
+    top = named_site(sites)
+    which = "of the app's most frequent site" if top["in_app"] else "most frequent (no site in the app)"
+    lines += ["", f"The stack {which} (innermost first), as captured at {top['where']}:", "", "```"]
     lines += [*top["stack"], "```", ""]
     return lines
 
@@ -482,7 +557,10 @@ def _resources_section(summary: dict[str, Any]) -> list[str]:
             lines.append(
                 f"- {_at(record)}: pool {_pool_text(pools[0])}; checked out at peak "
                 f"{_num(extra.get('pool_checked_out_peak'))}; idle in transaction at peak "
-                f"{_num(extra.get('idle_in_transaction_peak'))}"
+                f"{_num(extra.get('idle_in_transaction_peak'))} (mean "
+                f"{_num(extra.get('idle_in_transaction_mean'), 1)}, longest "
+                f"{_num(extra.get('idle_in_transaction_oldest_ms'))} ms); checkouts timed out "
+                f"{_num(extra.get('pool_timeouts'))}"
                 + (f" ({len(pools)} pools found; the first is watched)" if len(pools) > 1 else "")
             )
     if not lines:

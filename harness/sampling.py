@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from harness.database import Database, backends_by_state, sessions_started
+from harness.database import Database, backends_and_ages, sessions_started
 
 CONNECTION_FIELDS = [
     "time",
@@ -34,6 +34,9 @@ CONNECTION_FIELDS = [
     "server_fds",
     "generator_cpu_pct",  # the busiest Locust process: over 90% means the generator limited the load
     "postgres_cpu_pct",  # the whole PostgreSQL process tree, short-lived backends included
+    # How long the longest-waiting backend has sat idle in transaction: a held transaction
+    # (across a slow call) from one caught between its statements.
+    "idle_in_transaction_oldest_ms",
     "error",
 ]
 PROBE_FIELDS = ["intended", "latency_ms", "status", "error"]
@@ -211,7 +214,7 @@ class ConnectionSampler(_Thread):
                         conn = self.db.connect(timeout_s=2)
                         backend.watch(conn)
                     with conn.cursor() as cur:
-                        states = backends_by_state(cur)
+                        states, ages = backends_and_ages(cur)
                         row["sessions"] = sessions_started(cur)
                     known = {"active", "idle", "idle in transaction"}
                     row |= {
@@ -220,6 +223,7 @@ class ConnectionSampler(_Thread):
                         "idle": states.get("idle", 0),
                         "idle_in_transaction": states.get("idle in transaction", 0),
                         "other": sum(n for s, n in states.items() if s not in known),
+                        "idle_in_transaction_oldest_ms": ages.get("idle in transaction", ""),
                     }
                     self.last_total = row["total"]
                 except Exception as err:  # a sample that failed is recorded, not fatal

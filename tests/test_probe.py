@@ -1,5 +1,6 @@
 """`bench.py probe`: the stack watchdog, the wrapper around a user's app, bad input, and
-a short probe of the example app (tests/probe_example/)."""
+short probes of the test app (tests/probe_example/) and of the example apps users read
+(examples/: a SQLModel app with a problem, and the same app without it)."""
 
 from __future__ import annotations
 
@@ -22,13 +23,14 @@ import pytest
 from packaging.requirements import Requirement
 
 from apps.instruments import StackWatchdog
-from harness import probe, probe_report, store
+from harness import database, probe, probe_report, store
 from harness.database import Database
 from harness.pairs import ROOT, discover
 from harness.procs import ManagedProcess, free_port, http_ok
 
 EXAMPLE = ROOT / "tests" / "probe_example"
 EXAMPLE_APP = EXAMPLE / "app.py"
+EXAMPLES = ROOT / "examples"
 
 
 def line_of(path: Path, marker: str) -> int:
@@ -209,16 +211,128 @@ def test_diagnosis_names_the_blocking_line_the_exhausted_pool_and_the_busy_threa
                "failure_kinds": [["QueuePool limit of size 5 overflow 10 reached", 7]]},
         stalls={"captured": 50, "missed": 2, "sites": [site]},
         by_sample={"closed-u10-b1": {"pools": [{"class": "QueuePool", "size": 5, "max_overflow": 10}],
-                                     "pool_checked_out_peak": 15, "idle_in_transaction_peak": 3}},
+                                     "pool_checked_out_peak": 15, "idle_in_transaction_peak": 3,
+                                     "idle_in_transaction_mean": 2.4, "idle_in_transaction_held_share": 0.9,
+                                     "idle_in_transaction_oldest_ms": 210.0}},
     )  # fmt: skip
     findings = {f["kind"]: f for f in probe_report.diagnose(summary, MANIFEST)}
     assert {"loop stalls", "worker threads", "pool", "idle in transaction", "failures", "knee"} <= set(findings)
     stall = findings["loop stalls"]
     assert "`get_user` at app/crud.py:2" in stall["text"] and "40 of 50" in stall["text"]
     assert stall["patterns"] == ["deps", "blocking"]  # a driver in the stack: the sync-dependency pattern
-    assert "15 connections checked out at peak of 15" in findings["pool"]["text"]
-    assert "7 requests failed waiting" in findings["pool"]["text"]
+    assert "15 of its 15 connections checked out at peak" in findings["pool"]["text"]
+    assert "7 checkouts timed out" in findings["pool"]["text"]
+    assert findings["pool"]["patterns"][0] == "orm_pool_threads"  # a sync pool: checked out from worker threads
+    held = findings["idle in transaction"]["text"]
+    assert "In 90% of the samples at 10 users a backend had sat `idle in transaction` for 100 ms or more" in held
+    assert findings["idle in transaction"]["patterns"][0] == "orm_idle_in_transaction"
+    assert findings["failures"]["patterns"] == ["orm_pool_threads"]
     assert "max_connections" not in findings
+
+
+def _site(where: str, function: str, in_app: bool, stalls: int, stack: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "file": f"/project/{where.split(':')[0]}", "where": where, "function": function, "code": "", "in_app": in_app,
+        "blocked_in": where, "stalls": stalls, "lag_ms_total": 40.0 * stalls, "lag_ms_max": 60.0,
+        "stack": stack or [f"{where} {function}"],
+    }  # fmt: skip
+
+
+def test_loop_stalls_name_the_apps_own_site_before_a_more_frequent_library_one() -> None:
+    library = _site("/venv/site-packages/logging_lib/handlers.py:88", "emit", False, 30)
+    route = _site("app/main.py:12", "read_item", True, 8)
+    summary = _summary(level={"loop_lag_p99_ms": 70.0}, stalls={"captured": 38, "missed": 0, "sites": [library, route]})
+    stall = next(f for f in probe_report.diagnose(summary, MANIFEST) if f["kind"] == "loop stalls")
+    assert "8 of 38 were in `read_item` at app/main.py:12" in stall["text"]
+    text = stall["text"]
+    assert "More stalls (30) were caught in library code at /venv/site-packages/logging_lib/handlers.py:88" in text
+    # No site in the app: the library's, and the finding says so.
+    summary["stalls"]["sites"] = [library]
+    stall = next(f for f in probe_report.diagnose(summary, MANIFEST) if f["kind"] == "loop stalls")
+    text = stall["text"]
+    assert "30 of 38 were in `emit`" in text and "No stack the watchdog caught has a frame in the app" in text
+
+
+def test_a_sync_session_on_the_loop_matches_the_orm_async_endpoint_pair() -> None:
+    stack = ["/venv/site-packages/psycopg/cursor.py:113 execute",
+             "/venv/site-packages/sqlalchemy/orm/session.py:2351 execute", "app/main.py:12 read_item"]  # fmt: skip
+    summary = _summary(
+        level={"loop_lag_p99_ms": 70.0},
+        stalls={"captured": 9, "missed": 0, "sites": [_site("app/main.py:12", "read_item", True, 9, stack)]},
+    )
+    stall = next(f for f in probe_report.diagnose(summary, MANIFEST) if f["kind"] == "loop stalls")
+    assert stall["patterns"] == ["orm_async_endpoint", "deps", "blocking"]
+
+
+def test_idle_in_transaction_is_a_finding_when_held_not_when_caught_between_statements() -> None:
+    def idle(held_share: float) -> list[str]:
+        extra = {"pools": [], "idle_in_transaction_peak": 4, "idle_in_transaction_mean": 1.5,
+                 "idle_in_transaction_held_share": held_share}  # fmt: skip
+        summary = _summary(by_sample={"closed-u10-b1": extra})
+        return [f["kind"] for f in probe_report.diagnose(summary, MANIFEST) if f["problem"]]
+
+    # Many backends between a query and its commit, none for long: the Pool section shows the peak.
+    assert idle(0.1) == []
+    assert idle(probe_report.HELD_TRANSACTION_SHARE) == ["idle in transaction"]
+
+
+def test_crowded_max_connections_matches_the_workers_pool_pair() -> None:
+    summary = _summary(level={"peak_connections": 90})
+    found = next(f for f in probe_report.diagnose(summary, MANIFEST) if f["kind"] == "max_connections")
+    assert found["patterns"][0] == "workers_pool"
+
+
+def _anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces as '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_pattern_links_to_its_pairs_section_of_the_top_level_report() -> None:
+    pairs = discover()
+    anchors = {_anchor(line[3:]) for line in (ROOT / "REPORT.md").read_text().splitlines() if line.startswith("## ")}
+    for name, (claim_id, _, anchor) in probe_report.PATTERNS.items():
+        assert pairs[name].claim_id == claim_id, name
+        assert anchor in anchors, f"{name}: no section #{anchor} in REPORT.md"
+        assert _anchor(f"`{name}`: {claim_id}") == anchor  # how harness/report.py writes a pair's heading
+
+
+POOL_TIMEOUT_LOG = """\
+WARNING:  a warning the app printed
+ERROR:    Exception in ASGI application
+Traceback (most recent call last):
+  File "/venv/site-packages/sqlalchemy/pool/impl.py", line 170, in _do_get
+    raise exc.TimeoutError(
+sqlalchemy.exc.TimeoutError: QueuePool limit of size 5 overflow 10 reached, connection timed out, timeout 30.00
+
+During handling of the above exception, another exception occurred:
+
+  + Exception Group Traceback (most recent call last):
+  | sqlalchemy.exc.TimeoutError: QueuePool limit of size 5 overflow 10 reached, connection timed out, timeout 30.00
+ERROR:    Exception in ASGI application
+Traceback (most recent call last):
+sqlalchemy.exc.TimeoutError: QueuePool limit of size 5 overflow 10 reached, connection timed out, timeout 30.00
+ERROR:    Exception in ASGI application
+Traceback (most recent call last):
+psycopg.OperationalError: connection failed: server closed the connection unexpectedly
+"""
+
+
+def test_pool_timeouts_in_the_servers_log_are_counted_once_each_and_make_the_pool_exhausted(tmp_path: Path) -> None:
+    (tmp_path / "server.log").write_text(POOL_TIMEOUT_LOG)
+    counted = probe.pool_timeouts(tmp_path)
+    assert counted == {"pool_timeouts": 2, "pool_timeout_limits": {"size": 5, "max_overflow": 10}}
+    assert probe.pool_timeouts(tmp_path / "absent") == {"pool_timeouts": 0}
+    # An engine the wrapper did not find: the finding takes the limits from the message.
+    summary = _summary(
+        level={"failures": 2, "failure_rate": 0.01, "failure_kinds": [["HTTPError('500 Server Error')", 2]]},
+        by_sample={"closed-u10-b1": {"pools": [], "idle_in_transaction_peak": 0, **counted}},
+    )
+    findings = {f["kind"]: f for f in probe_report.diagnose(summary, MANIFEST)}
+    pool = findings["pool"]
+    assert pool["problem"] and "(QueuePool, size 5, overflow 10) was exhausted at 10 users" in pool["text"]
+    assert "2 checkouts timed out" in pool["text"] and pool["patterns"][0] == "orm_pool_threads"
+    assert findings["failures"]["patterns"] == ["orm_pool_threads"]
+    assert "logged 2 SQLAlchemy pool timeouts" in findings["failures"]["text"]
 
 
 # --- the pieces that read what the user gave ------------------------------------------
@@ -305,6 +419,19 @@ def test_a_start_failure_is_explained_in_one_line(tmp_path: Path) -> None:
     )
     log.write_text("nothing useful\nat all\n")
     assert probe.explain_start_failure(log, 1, "it exited\nwith status 1") == "it exited with status 1"
+
+
+@pytest.mark.slow
+def test_the_sampler_tells_a_held_transaction_by_how_long_it_has_been_idle(db: Database) -> None:
+    import psycopg2
+
+    with contextlib.closing(psycopg2.connect(db.variant_dsn)) as app_conn, contextlib.closing(db.connect()) as conn:
+        app_conn.cursor().execute("SELECT 1")  # psycopg2 opens a transaction and leaves it open
+        time.sleep(0.3)
+        with conn.cursor() as cur:
+            states, ages = database.backends_and_ages(cur)
+        assert states.get("idle in transaction") == 1
+        assert 250 <= ages["idle in transaction"] < 5000
 
 
 # --- bad input, before anything starts ------------------------------------------------
@@ -585,34 +712,47 @@ def test_probe_names_the_blocking_line_with_its_lag_in_a_run_of_its_own(db: Data
     assert "probe/closed-u4-b1" in compared.stdout
 
 
+# Findings that are information, not a problem: a clean bill may have these.
+INFORMATION = {"knee", "gc pauses", "brief stalls", "pool"}
+
+
 @pytest.mark.slow
 def test_a_healthy_app_gets_a_clean_bill(db: Database, tmp_path: Path) -> None:
+    """examples/healthy_app.py: the SQLModel app of the next test without its problem."""
+    pytest.importorskip("sqlmodel")
     out = tmp_path / "run"
     result = bench(
-        *BASE, "--path", "/healthy/{id}", "--ids", "1-100", "--users", "1,4", "--duration", "2",
-        "--dsn", db.dsn, "--out", str(out),
+        "probe", "--app", "examples.healthy_app:app", "--path", "/items/{id}", "--ids", "1-100", "--users", "1,4",
+        "--duration", "2", "--dsn", db.dsn, "--out", str(out),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     summary = store.read_json(out / "summary.json")
-    assert [f["kind"] for f in summary["diagnosis"] if f["problem"]] == []
+    findings = {f["kind"]: f for f in summary["diagnosis"]}
+    assert [kind for kind, f in findings.items() if f["problem"]] == [], summary["diagnosis"]
+    assert set(findings) <= INFORMATION and "knee" in findings, sorted(findings)
+    assert "QueuePool, size 5, overflow 10" in findings["pool"]["text"]  # the pool is named, as information
     # A busy 2-core machine can delay the loop past the threshold now and then; never in the app's code.
-    assert not any(site["in_app"] for site in summary["stalls"]["sites"])
+    assert [site["where"] for site in summary["stalls"]["sites"] if site["in_app"]] == []
     assert "No problem found" in (out / "REPORT.md").read_text()
+
+
+def _diagnosis(report: str) -> str:
+    return report.split("## Diagnosis", 1)[1].split("\n## ", 1)[0]
 
 
 @pytest.mark.slow
 def test_probe_of_a_sqlmodel_app_names_the_blocking_route_and_the_pool_limit(db: Database, tmp_path: Path) -> None:
-    """The issue's template app: sync `get_db` on a default pool, and a driver call inside `async def`.
-    Needs SQLModel and psycopg 3, which the sessions pairs pin (skipped where they are not installed)."""
+    """The issue's template app: sync `get_db` on a default pool, and a driver call inside `async def`,
+    on the user's database through psycopg 3 (postgresql+psycopg://), at the default stall settings."""
     pytest.importorskip("sqlmodel")
     pytest.importorskip("psycopg")
-    orm_app = EXAMPLE / "orm_app.py"
+    orm_app = EXAMPLES / "orm_app.py"
     line = line_of(orm_app, "# the blocking driver call on the event loop")
     out = tmp_path / "run"
     url = db.dsn.replace("postgresql://", "postgresql+psycopg://", 1)
     result = bench(
-        "probe", "--app", "orm_app:app", "--app-dir", str(EXAMPLE), "--path", "/items/{id}",
-        "--path", "/async-items/{id}", "--ids", "1-100", "--users", "1,20", "--duration", "2", "--stall-ms", "15",
+        "probe", "--app", "orm_app:app", "--app-dir", str(EXAMPLES), "--path", "/items/{id}",
+        "--path", "/async-items/{id}", "--ids", "1-100", "--users", "1,20", "--duration", "2",
         "--dsn", url, "--out", str(out),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -622,6 +762,27 @@ def test_probe_of_a_sqlmodel_app_names_the_blocking_route_and_the_pool_limit(db:
     assert "psycopg" in in_app[0]["blocked_in"] or "sqlalchemy" in in_app[0]["blocked_in"]
     pool = next(f for f in summary["diagnosis"] if f["kind"] == "pool")
     assert "QueuePool, size 5, overflow 10" in pool["text"]
+    stall = next(f for f in summary["diagnosis"] if f["kind"] == "loop stalls")
+    assert stall["patterns"][0] == "orm_async_endpoint"  # a sync Session's connection on the loop
+
+
+@pytest.mark.slow
+def test_on_a_fresh_clone_the_example_command_names_the_route_its_line_and_the_pool_limit(tmp_path: Path) -> None:
+    """The issue's "Done when", as a user types it in the repository: no --dsn (the embedded
+    PostgreSQL, a fresh database the app fills at start-up), no --app-dir, default stall settings."""
+    pytest.importorskip("sqlmodel")
+    line = line_of(EXAMPLES / "orm_app.py", "# the blocking driver call on the event loop")
+    out = tmp_path / "run"
+    result = bench(
+        "probe", "--app", "examples.orm_app:app", "--path", "/async-items/{id}", "--ids", "1-100",
+        "--users", "1,4", "--duration", "2", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert store.read_json(out / "manifest.json")["database"]["source"] == "embedded"
+    diagnosis = _diagnosis((out / "REPORT.md").read_text())
+    assert f"`read_item_on_the_loop` at examples/orm_app.py:{line}" in diagnosis, diagnosis
+    assert "QueuePool, size 5, overflow 10" in diagnosis, diagnosis
+    assert "**Loop stalls.**" in diagnosis
 
 
 @pytest.mark.slow
@@ -671,3 +832,31 @@ def test_probe_of_a_variant_that_calls_the_stub_upstream_starts_one_beside_it(db
     # Three 5 ms calls in parallel: one request takes at least 5 ms, far less than three in a row.
     assert level["p50_ms"] >= 5
     assert not [p for p in psutil.process_iter(["cmdline"]) if "harness.upstream" in " ".join(p.info["cmdline"] or [])]
+
+
+def _probe_run(run_dir: Path, open_rate: float, open_users: int, open_rps: float) -> Path:
+    """A stored probe run as harness.probe writes it, for compare: a closed level and its
+    open loop, named by sample (the open one by its rate and users)."""
+    run_dir.mkdir(parents=True)
+    manifest = store.new_manifest({"name": "probe"}, {}, ["bench.py", "probe"])
+    manifest |= {"kind": "probe", "status": "complete", "target": {"app": "app:app"}, "open_loop": {"rate": open_rate}}
+    store.write_json(run_dir / "manifest.json", manifest)
+    closed = {"pair": "probe", "variant": "closed-u4-b1", "mode": "closed", "users": 4, "rate": 0.0, "status": "ok",
+              "rps": 100.0, "p50_ms": 10.0, "p99_ms": 40.0}  # fmt: skip
+    opened = closed | {"variant": f"open-rate{open_rate:g}-u{open_users}-b1", "mode": "open", "users": open_users,
+                       "rate": open_rate, "rps": open_rps}  # fmt: skip
+    store.write_json(run_dir / "summary.json", {"format_version": store.FORMAT_VERSION, "variants": [closed, opened]})
+    return run_dir
+
+
+def test_compare_matches_two_probe_runs_open_loops_whatever_their_rates(tmp_path: Path) -> None:
+    from harness import compare
+
+    before = _probe_run(tmp_path / "before", 70.0, 10, 70.0)
+    after = _probe_run(tmp_path / "after", 140.0, 12, 140.0)  # the change doubled the knee
+    changes = {(c.variant, c.figure): c for c in compare.compare(before, after)}
+    assert changes[("open-loop-b1", "rps")].ratio == pytest.approx(2.0)
+    assert changes[("closed-u4-b1", "rps")].ratio == pytest.approx(1.0)
+    assert "probe open-loop rate: 70.0 vs 140.0 req/s" in " ".join(compare.differences(before, after))
+    # A suite run's records are named by variant, open loop or not: matched as they are.
+    assert compare.matched_name({"variant": "sync-dep", "mode": "open"}) == "sync-dep"  # type: ignore[typeddict-item]
