@@ -92,7 +92,8 @@ def test_a_claim_no_article_makes_cites_its_threads(tmp_path: Path) -> None:
     for variant in PAIR.variants:
         write_variant(run_dir, PAIR.name, variant.name, variant.role)
     text = report.rebuild(run_dir, write_top_report=False).read_text()
-    assert "(production reports) |" in text
+    # The ledger row cites the pair's first threads, linked as its section does.
+    assert "(production reports: [fastapi#3205](https://github.com/fastapi/fastapi/issues/3205)" in text
     assert "Source: production reports, [fastapi#3205](https://github.com/fastapi/fastapi/issues/3205)" in text
 
 
