@@ -203,7 +203,22 @@ def _start_once(
         env,
         ROOT,
     )
-    return server.serve(f"http://127.0.0.1:{port}/ping", scenario.start_timeout_s)
+    server.serve(f"http://127.0.0.1:{port}/ping", scenario.start_timeout_s)
+    if pair.workers(knobs) > 1:
+        # /ping answers once one worker is up; the load's connections, all opened at once,
+        # would then go to that worker alone while the others still import (measured: a
+        # sample of 4 workers with 3 backends in all). Each worker writes its loop-lag file
+        # from its lifespan, just before it accepts: wait for every worker's.
+        try:
+            server.wait_until(
+                lambda: len(analysis.loop_lag_files(folder)) >= pair.workers(knobs),
+                scenario.start_timeout_s,
+                f"running all {pair.workers(knobs)} workers",
+            )
+        except BaseException:
+            server.stop()
+            raise
+    return server
 
 
 def start_server(

@@ -294,3 +294,20 @@ def test_each_variant_shades_its_own_warm_up(tmp_path: Path) -> None:
     records = [{"pair": "deps", "variant": v, "sample": "closed-u10-r1"} for v in ("sync-dep", "async-dep")]
     ends = [charts._warmup_end(tmp_path, r) for r in records]  # type: ignore[arg-type]
     assert ends == [pytest.approx(2.0), pytest.approx(9.5)]
+
+
+def test_the_physics_check_calls_only_a_measurement_past_its_ceiling_wrong() -> None:
+    """A ceiling is a bound: short of it (not CPU-bound) reads "below", past it "above"."""
+    pair = discover()["orm_idle_in_transaction"]
+    knobs = dict(pair.knobs)
+    ceiling = pair.physics(knobs, 50, 2)["held-across-call"][0]  # type: ignore[misc]
+
+    def assessed(rps: float, cpu: float) -> str:
+        record = {"variant": "held-across-call", "status": "ok", "users": 50, "rps": rps, "server_cpu_pct": cpu}
+        [row] = analysis.physics_rows(pair, [record], knobs, 2)  # type: ignore[list-item]
+        return str(row["assessment"])
+
+    assert assessed(ceiling, 30) == "agrees"
+    assert assessed(0.7 * ceiling, 30).startswith("below by 30%")
+    assert assessed(0.7 * ceiling, 95).startswith("below: the server was CPU-bound")
+    assert assessed(1.3 * ceiling, 30).startswith("above by 30%")

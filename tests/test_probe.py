@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -631,6 +632,32 @@ def test_wrapper_needs_only_fastapi_and_uvicorn_in_the_apps_own_interpreter(tmp_
     with _serve(python, tmp_path) as (port, prefix, out):
         counts = _exercise_and_check(port, prefix, out)
     assert counts["executable"] == python
+
+
+@pytest.mark.slow
+def test_probe_runs_a_project_under_its_own_interpreter_holding_only_its_dependencies(tmp_path: Path) -> None:
+    """`bench.py probe --python`: the SQLModel example, copied into a project folder of its
+    own, under a venv with only FastAPI, uvicorn, SQLModel and psycopg 3 (no psycopg2,
+    Locust, pandas or the suite), against the embedded PostgreSQL with the psycopg driver."""
+    pytest.importorskip("sqlmodel")
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(EXAMPLES / "healthy_app.py", project / "main.py")
+    python = _minimal_venv(tmp_path / "venv", ("fastapi", "uvicorn", "sqlmodel", "psycopg", "psycopg-binary"))
+    for absent in ("locust", "pandas", "psycopg2", "harness"):
+        check = subprocess.run([python, "-c", f"import {absent}"], capture_output=True, cwd=project, check=False)
+        assert check.returncode != 0, f"{absent} must not be importable in the project's venv"
+    out = tmp_path / "run"
+    result = bench(
+        "probe", "--app", "main:app", "--app-dir", str(project), "--python", python, "--dsn-driver", "psycopg",
+        "--path", "/items/{id}", "--ids", "1-100", "--users", "1", "--duration", "1", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = store.read_json(out / "summary.json")
+    assert summary["server"]["executable"] == python
+    closed = [r for r in summary["variants"] if r["mode"] == "closed"]
+    assert closed and all(r["status"] == "ok" and r["requests"] > 0 and r["failures"] == 0 for r in closed)
+    assert processes_mentioning(str(out)) == []
 
 
 # --- bad input that needs the app started ---------------------------------------------

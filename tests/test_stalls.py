@@ -40,6 +40,17 @@ def test_a_stall_is_credited_to_the_innermost_line_of_the_suites_apps() -> None:
     assert sites[0]["function"] == "blocking_dep" and sites[1]["blocked_in"].endswith("execute")
 
 
+def test_a_run_measured_in_another_clone_is_credited_to_this_checkouts_apps() -> None:
+    """Stored stacks hold the measuring clone's absolute paths; rebuilt elsewhere (CI's
+    clone, a worktree), the same frames are still the suite's own lines."""
+    elsewhere = "/some/other/clone/apps/deps/app.py"
+    [site] = analysis.suite_stall_sites([stall(1.0, 30, (LIBRARY, 3, "connect"), (elsewhere, 41, "blocking_dep"))])
+    assert site["where"] == "apps/deps/app.py:41" and site["function"] == "blocking_dep"
+    # A library's own "apps" folder that this checkout does not have stays a library frame.
+    [site] = analysis.suite_stall_sites([stall(1.0, 30, ("/venv/site-packages/x/apps/nowhere.py", 3, "f"))])
+    assert site["where"] == "/venv/site-packages/x/apps/nowhere.py:3"
+
+
 def test_a_frame_without_a_line_number_is_kept_at_line_0() -> None:
     # A frame between instructions has no line (f_lineno None) in stored stalls.
     [site] = analysis.suite_stall_sites([stall(1.0, 30, (APP, None, "f"))])  # type: ignore[arg-type]
