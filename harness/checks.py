@@ -83,6 +83,18 @@ P50 = Metric("p50", "ms", _field("p50_ms"), min_requests=20)
 P99 = Metric("p99", "ms", _field("p99_ms"), min_requests=P99_MIN_REQUESTS)
 PING_P99 = Metric("/ping p99", "ms", _field("ping_p99_ms"))
 LOOP_LAG = Metric("loop lag p99", "ms", loop_lag)
+
+
+def floored_loop_lag(record: Record) -> float:
+    """Loop lag p99, read as STALL_MIN_MS where it is lower: below that it is the loop's
+    own scheduling on a busy machine (measured 1.5-29 ms for a loop that never blocks),
+    not a stall, and a ratio of two such small numbers swings by 10x between blocks."""
+    return max(loop_lag(record), STALL_MIN_MS)
+
+
+LOOP_LAG_FLOORED = Metric(
+    f"loop lag p99 (at least {STALL_MIN_MS:g} ms)", "ms", floored_loop_lag, name="loop lag p99 floored"
+)
 FAILURE_RATE = Metric("failure rate", "%", _field("failure_rate"), scale=100)
 PEAK_BACKENDS = Metric("peak backends", "", _field("peak_connections"))
 NEW_BACKENDS = Metric("new backends per second", "", _field("new_backends_per_s"))
@@ -341,13 +353,14 @@ class Judged:
         }
 
 
-def stall_checks(variant: str, baseline: str) -> tuple[Check, Check]:
+def stall_checks(variant: str, baseline: str) -> tuple[Check, ...]:
     """`variant` stalls the event loop: its loop lag p99 is at least STALL_FACTOR times the
-    baseline's and STALL_MIN_MS above it (both, so an idle loop's 1 ms against 3 ms is no stall)."""
-    return (
-        Check(Ratio(LOOP_LAG, variant, baseline, short=f"loop lag p99 `{variant}` / `{baseline}`"), ">=", STALL_FACTOR),
-        Check(Difference(LOOP_LAG, variant, baseline), ">=", STALL_MIN_MS),
-    )
+    baseline's, each read as STALL_MIN_MS where lower. So the stall is at least
+    STALL_FACTOR x STALL_MIN_MS long (an idle loop's 1 ms against 3 ms is no stall), and
+    the baseline's small, noisy lag cannot widen the interval (a separate test on the
+    difference in ms did: one block's 4 s stall gave -319 to 4,239 ms over 3 blocks)."""
+    short = f"loop lag p99 `{variant}` / `{baseline}`"
+    return (Check(Ratio(LOOP_LAG_FLOORED, variant, baseline, short=short), ">=", STALL_FACTOR),)
 
 
 # --- parts and rules -----------------------------------------------------------------

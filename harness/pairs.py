@@ -290,7 +290,8 @@ def speed_adjusted_rps(record: Record) -> float | None:
 # anyio's default limit on worker threads for `def` endpoints and sync dependencies.
 ANYIO_TOKENS = 40
 # A variant stalls the event loop when its loop lag p99 (measured inside the server) is
-# at least this many times the baseline variant's, and this many milliseconds above it.
+# at least this many times the baseline variant's, each read as at least this many
+# milliseconds (checks.stall_checks).
 STALL_FACTOR = 3.0
 STALL_MIN_MS = 20.0
 

@@ -19,7 +19,7 @@ from tests.conftest import blocks_of, write_manifest, write_variant
 from tests.test_pair_stall import get_all_at_once
 
 PAIR = discover()["orm_pool_threads"]
-WAITS = "wait_for_a_connection_per_request_ratio_default-pool_pool-sized"
+WAITS = "wait_for_a_connection_per_request_difference_default-pool_pool-sized"
 FAILS = "failure_rate_total_default-pool"
 
 
@@ -46,7 +46,7 @@ def outcomes(verdict: Any) -> dict[str, str]:
 def test_holds_when_requests_wait_and_fail_on_the_default_pool() -> None:
     verdict = decide(rec(9.0, failure_rate=0.05))
     assert verdict.outcome == "holds"
-    assert verdict.figures[WAITS] == pytest.approx(9.0 / 0.03, rel=0.15)
+    assert verdict.figures[WAITS] == pytest.approx(9.0 - 0.03, rel=0.15)
 
 
 def test_partly_holds_when_they_wait_but_none_fails() -> None:
@@ -73,8 +73,16 @@ def test_the_slowest_wait_is_shown_against_pool_timeout() -> None:
 def test_a_few_microseconds_more_are_no_wait() -> None:
     # Three times the sized pool's wait, but not a millisecond more per request.
     verdict = decide(rec(0.1))
-    assert outcomes(verdict)[WAITS] == "clears"
+    assert outcomes(verdict)[WAITS] == "misses"
     assert verdict.outcome == "does not hold"
+
+
+def test_the_sized_pool_opening_its_connections_does_not_hide_the_queue() -> None:
+    # Measured: the sized pool's 40 connects cost 9-25 ms per request over a short
+    # sample, the default pool's queue 110-160 ms; a ratio of the two read 1.5x-35x.
+    verdict = decide(rec(120.0, failure_rate=0.05), sized=rec(15.0))
+    assert outcomes(verdict)[WAITS] == "clears"
+    assert verdict.outcome == "holds"
 
 
 def test_inconclusive_when_the_sized_pool_fails() -> None:

@@ -16,31 +16,31 @@ FLOOR_BAND = 0.10
 
 
 def rule(knobs: Mapping[str, int]) -> Rule:
-    def differs(metric_label: str, check: Check) -> Part:
-        return Part(f"the two copies differ in {metric_label}", (check,))
-
     return Rule(
         parts=(
-            differs(
-                "throughput",
-                Check(Ratio(THROUGHPUT_ADJUSTED, "copy-a", "copy-b", short="throughput"), ">=", 1 + FLOOR_BAND),
-            ),
-            differs(
-                "CPU per request",
-                Check(Ratio(CPU_PER_REQUEST, "copy-a", "copy-b", short="CPU per request"), ">=", 1 + FLOOR_BAND),
+            Part(
+                "the two copies differ in CPU per request",
+                (Check(Ratio(CPU_PER_REQUEST, "copy-a", "copy-b", short="CPU per request"), ">=", 1 + FLOOR_BAND),),
             ),
         ),
-        # Both deciding figures are read at the reference speed, as CPU per request is for
-        # every rule: this host slows and speeds up within seconds, and the copies of one
-        # block then meet different machines (raw throughput varied 15% a block between
-        # identical copies in the stored runs, speed-adjusted 11%). The raw ratio is shown,
-        # and the floor beside the ledger spans it too. A p99 from one sample rests on its
-        # slowest 1%: shown with its interval, not decided on.
-        shown=(Ratio(THROUGHPUT, "copy-a", "copy-b"), Ratio(P99, "copy-a", "copy-b")),
+        # Decided on the server's own CPU time per request, read at the reference speed as
+        # for every rule: what the harness itself measures of identical code. Throughput is
+        # what the host's neighbours move: in the stored runs one sample of a copy ran at a
+        # quarter of its twin's rate with every process of the suite half idle (the host
+        # took the CPU), and identical copies' throughput differed by 16-33% a block (standard
+        # deviation of the per-block log-ratio; 13-28% speed-adjusted) against 9-16% for CPU
+        # per request. Throughput, raw and speed-adjusted, and p99 are shown with
+        # their intervals, and the floor beside the ledger spans them, so every rule's
+        # throughput threshold is read against the noise this host put on it.
+        shown=(
+            Ratio(THROUGHPUT_ADJUSTED, "copy-a", "copy-b"),
+            Ratio(THROUGHPUT, "copy-a", "copy-b"),
+            Ratio(P99, "copy-a", "copy-b"),
+        ),
         note=(
-            'For this control the expected reading is "no measurable difference": each interval inside '
-            f"+-{100 * FLOOR_BAND:g}%. Anything else means the harness separates identical code, or this machine's "
-            "noise is wider than the band."
+            'For this control the expected reading is "no measurable difference": the interval of CPU per request '
+            f"inside +-{100 * FLOOR_BAND:g}%. Anything else means the harness separates identical code. The shown "
+            "throughput intervals are this host's noise floor for throughput."
         ),
     )
 

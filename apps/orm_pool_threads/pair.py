@@ -23,10 +23,10 @@ from harness.records import Record
 
 # Each variant's own timing of its checkout, per request, over the server's life.
 WAIT = counter("connection_wait_ms", "wait for a connection per request", per="lookups", unit="ms")
-# "Waits": at least three times the sized pool's wait (a checkout from a pool with a free
-# connection is a queue operation, tens of microseconds) ...
-WAIT_FACTOR = 3.0
-# ... and at least a millisecond more per request, so that 30 us against 10 us is no wait.
+# "Waits": at least a millisecond more per request than the sized pool (a checkout from a
+# pool with a free connection is a queue operation, tens of microseconds). A difference,
+# not a ratio: the sized pool's wait is mostly opening its 40 connections while the load
+# starts (measured 9-25 ms per request over a sample), so a ratio read connect speed.
 WAIT_MIN_MS = 1.0
 # "Fails": past pool_timeout a checkout raises; 1% of requests is far above a fluke for a
 # pool that does not fail when sized to the threads (its control allows as much again).
@@ -54,11 +54,10 @@ def rule(knobs: Mapping[str, int]) -> Rule:
                 f"behind {ANYIO_TOKENS} worker threads, requests wait for the default pool's {slots} connections",
                 (
                     Check(
-                        Ratio(WAIT, "default-pool", "pool-sized", short="connection wait, default / sized"),
+                        Difference(WAIT, "default-pool", "pool-sized", short="connection wait, default minus sized"),
                         ">=",
-                        WAIT_FACTOR,
+                        WAIT_MIN_MS,
                     ),
-                    Check(Difference(WAIT, "default-pool", "pool-sized"), ">=", WAIT_MIN_MS),
                 ),
             ),
             Part(
