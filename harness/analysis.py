@@ -386,6 +386,10 @@ def _connections(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
             + _column(used, "postgres_cpu_pct").fillna(0)
             + _column(used, "generator_cpu_pct").fillna(0)
         ),
+        # The whole machine (every process, the suite's included) and the CPU a hypervisor
+        # gave other guests, of the machine's cores x 100%; None in runs stored before.
+        "host_busy_pct": _mean(_column(used, "host_busy_pct")),
+        "host_steal_pct": _mean(_column(used, "host_steal_pct")),
     }
 
 

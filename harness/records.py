@@ -128,6 +128,10 @@ class Record(TypedDict):
     generator_cpu_pct: float | None
     postgres_cpu_pct: float | None
     machine_cpu_pct: float | None
+    # From /proc/stat over the window: every process on the machine, and the CPU time a
+    # hypervisor gave other guests (steal), of the machine's cores x 100%.
+    host_busy_pct: float | None
+    host_steal_pct: float | None
     # The connection sampler's own cost over the sample, % of one core: its thread in the
     # runner, its backend in PostgreSQL (None where PostgreSQL runs elsewhere).
     sampler_cpu_pct: float | None

@@ -154,6 +154,22 @@ def _sampling_line(scenario: dict[str, Any], summary: dict[str, Any]) -> str:
     )
 
 
+def _steal_text(samples: list[dict[str, Any]]) -> str:
+    """What a hypervisor took from this machine's cores during the windows (steal, from
+    /proc/stat), and the window that lost the most: the suite's processes cannot show it."""
+    stolen = [s for s in samples if s.get("host_steal_pct") is not None]
+    if not stolen:
+        return ""
+    values = sorted(float(s["host_steal_pct"]) for s in stolen)
+    worst = max(stolen, key=lambda s: float(s["host_steal_pct"]))
+    return (
+        f" A hypervisor ran other guests on this machine's cores (steal, read from /proc/stat) for a median of "
+        f"{values[len(values) // 2]:.1f}% of one core over a window, at most {values[-1]:.1f}% "
+        f"(`{worst['pair']}/{worst['variant']}` {worst.get('sample', '')}); the resources tables give each "
+        "variant's, beside the whole machine's busy CPU."
+    )
+
+
 def _speed_line(summary: dict[str, Any]) -> str:
     """The Method's word on the speed probe, with the range this run's windows saw."""
     units = sorted(s["speed_unit_ms"] for s in summary.get("samples", []) if s.get("speed_unit_ms"))
@@ -164,6 +180,7 @@ def _speed_line(summary: dict[str, Any]) -> str:
         if units
         else " This run has no speed-probe data (stored before the probe), so CPU figures are as measured."
     )
+    seen += _steal_text(summary.get("samples", []))
     return (
         "- Machine speed: beside the load, the runner times a fixed piece of pure-Python work every 50 ms by its "
         "thread CPU time (waiting for a core does not count). A shared host that slows every process charges each "
@@ -218,6 +235,8 @@ RESOURCE_COLUMNS: Columns = [
     ("PostgreSQL CPU %", "--:", lambda r: _num(r.get("postgres_cpu_pct"))),
     ("generator CPU %", "--:", lambda r: _num(r.get("generator_cpu_pct"))),
     ("machine CPU % (all three)", "--:", lambda r: _num(r.get("machine_cpu_pct"))),
+    ("host busy % (every process)", "--:", lambda r: _num(r.get("host_busy_pct"))),
+    ("host steal %", "--:", lambda r: _num(r.get("host_steal_pct"), 1)),
     ("server CPU ms/request", "--:", lambda r: _figure(r, "server_cpu_ms_per_request", 2)),
     ("speed probe unit ms", "--:", lambda r: _figure(r, "speed_unit_ms", 2)),
     ("CPU ms/request, speed-adjusted", "--:", lambda r: _figure(r, "server_cpu_ms_adjusted", 2)),

@@ -10,6 +10,7 @@ import contextlib
 import csv
 import http.client
 import json
+import os
 import queue
 import threading
 import time
@@ -34,6 +35,10 @@ CONNECTION_FIELDS = [
     "server_fds",
     "generator_cpu_pct",  # the busiest Locust process: over 90% means the generator limited the load
     "postgres_cpu_pct",  # the whole PostgreSQL process tree, short-lived backends included
+    # The whole machine, from /proc/stat: every process's CPU (the suite's own and anyone
+    # else's), and the time a hypervisor ran other guests on this machine's cores (steal).
+    "host_busy_pct",
+    "host_steal_pct",
     # How long the longest-waiting backend has sat idle in transaction: a held transaction
     # (across a slow call) from one caught between its statements.
     "idle_in_transaction_oldest_ms",
@@ -64,6 +69,42 @@ class _Thread:
     ) -> None:
         self._stop.set()
         self._thread.join(timeout=15)
+
+
+class HostCPU:
+    """The machine's busy and stolen CPU (100 = one core) since the last call, from the
+    first line of /proc/stat; nothing where there is none (not Linux). Steal is the time
+    a hypervisor gave this machine's cores to other guests: a shared host that slows
+    one sample of a block shows here, where the suite's own processes cannot show it."""
+
+    STAT = Path("/proc/stat")
+
+    def __init__(self) -> None:
+        self._last = self._read()
+
+    def _read(self) -> tuple[float, float, float] | None:
+        try:
+            fields = [float(x) for x in self.STAT.read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        if len(fields) < 8:
+            return None
+        idle = fields[3] + fields[4]  # idle + iowait
+        steal = fields[7]
+        total = sum(fields[:8])  # guest time is already inside user and nice
+        return total, total - idle - steal, steal
+
+    def percent(self) -> dict[str, str]:
+        now, last = self._read(), self._last
+        self._last = now
+        if now is None or last is None or now[0] <= last[0]:
+            return {}
+        cores = 100.0 * (os.cpu_count() or 1)
+        share = cores / (now[0] - last[0])
+        return {
+            "host_busy_pct": f"{(now[1] - last[1]) * share:.1f}",
+            "host_steal_pct": f"{(now[2] - last[2]) * share:.1f}",
+        }
 
 
 class TreeCPU:
@@ -153,6 +194,7 @@ class ConnectionSampler(_Thread):
             self.server_cpu: TreeCPU | None = TreeCPU(server_pid)
         except psutil.Error:
             self.server, self.server_cpu = None, None
+        self.host = HostCPU()
         self.postgres: TreeCPU | None = None
         if postgres_pid:
             with contextlib.suppress(psutil.Error):
@@ -233,7 +275,7 @@ class ConnectionSampler(_Thread):
                         conn.close()
                     conn = None
                 if next_at >= usage_at - 1e-6:  # this tick is due for usage too
-                    row |= self._server_usage() | self._load_usage()
+                    row |= self._server_usage() | self._load_usage() | self.host.percent()
                     usage_at += self.usage_interval_s
                 writer.writerow(row)
                 handle.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from harness import analysis, checks
 from harness.pairs import REFERENCE_UNIT_MS, speed_adjusted_cpu
-from harness.sampling import SpeedProbe, work_unit
+from harness.sampling import HostCPU, SpeedProbe, work_unit
 
 
 def test_work_unit_costs_cpu_time() -> None:
@@ -51,3 +52,32 @@ def test_a_slowed_machine_reads_the_same_work_as_the_same_cost() -> None:
     assert speed_adjusted_cpu({"server_cpu_pct": 50.0, "rps": 1000.0, "speed_unit_ms": None}) == pytest.approx(0.5)
     assert speed_adjusted_cpu({"server_cpu_pct": None, "rps": 1000.0, "speed_unit_ms": 1.0}) is None
     assert speed_adjusted_cpu(slowed) == pytest.approx(0.25)
+
+
+def test_host_cpu_reads_busy_and_stolen_time_between_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice, in ticks
+    stat.write_text("cpu  1000 0 200 5000 100 0 50 300 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
+    monkeypatch.setattr(HostCPU, "STAT", stat)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    host = HostCPU()
+    # 200 ticks later: 60 busy (40 user, 20 system), 100 idle, 40 stolen.
+    stat.write_text("cpu  1040 0 220 5100 100 0 50 340 0 0\n")
+    found = host.percent()
+    assert float(found["host_busy_pct"]) == pytest.approx(60 / 200 * 200)
+    assert float(found["host_steal_pct"]) == pytest.approx(40 / 200 * 200)
+    assert host.percent() == {}, "no ticks passed: no share"
+    monkeypatch.setattr(HostCPU, "STAT", tmp_path / "missing")
+    assert HostCPU().percent() == {}, "no /proc/stat (not Linux): nothing, no error"
+
+
+def test_the_real_host_reads_within_its_cores() -> None:
+    host = HostCPU()
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:  # some work of its own, so the host is busy
+        sum(range(10_000))
+    found = host.percent()
+    if found:  # Linux
+        cores = 100 * (os.cpu_count() or 1)
+        assert 0 < float(found["host_busy_pct"]) <= cores + 1
+        assert 0 <= float(found["host_steal_pct"]) <= cores
