@@ -10,6 +10,7 @@ import pytest
 
 from harness import analysis, checks
 from harness.pairs import REFERENCE_UNIT_MS, speed_adjusted_cpu
+from harness.report import _steal_text
 from harness.sampling import HostCPU, SpeedProbe, work_unit
 
 
@@ -81,3 +82,15 @@ def test_the_real_host_reads_within_its_cores() -> None:
         cores = 100 * (os.cpu_count() or 1)
         assert 0 < float(found["host_busy_pct"]) <= cores + 1
         assert 0 <= float(found["host_steal_pct"]) <= cores
+
+
+def test_the_method_names_the_window_the_host_took_most_from() -> None:
+    samples = [
+        {"pair": "control", "variant": "copy-a", "sample": "closed-u50-b10", "host_steal_pct": 41.0},
+        {"pair": "control", "variant": "copy-b", "sample": "closed-u50-b10", "host_steal_pct": 3.0},
+        {"pair": "deps", "variant": "sync-dep", "sample": "closed-u50-b1", "host_steal_pct": 2.0},
+        {"pair": "deps", "variant": "async-dep", "sample": "closed-u50-b1", "host_steal_pct": None},
+    ]
+    text = _steal_text(samples)
+    assert "median of 3.0%" in text and "at most 41.0%" in text and "`control/copy-a` closed-u50-b10" in text
+    assert _steal_text([{"pair": "a", "variant": "b", "host_steal_pct": None}]) == "", "runs stored before: nothing"
