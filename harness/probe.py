@@ -1052,7 +1052,12 @@ def pool_figures(run_dir: Path, record: SampleRecord) -> dict[str, Any]:
         frame = pd.read_csv(path)
         frame = frame[(frame["time"] >= window[0]) & (frame["time"] <= window[1])]
         if "pool_checked_out" in frame and frame["pool_checked_out"].notna().any():
-            out["pool_checked_out_peak"] = int(frame["pool_checked_out"].max())
+            checked_out = frame["pool_checked_out"].dropna()
+            out["pool_checked_out_peak"] = int(checked_out.max())
+            limit = (pools[0].get("size") or 0) + max(0, pools[0].get("max_overflow") or 0)
+            if limit:
+                # How long it stayed at its limit, not only whether it touched it once.
+                out["pool_at_limit_share"] = float((checked_out >= limit).mean())
     counts = (info.get("counts") or {}) if info else {}
     out["counts"] = counts
     return out

@@ -97,8 +97,8 @@ def test_partly_holds_when_the_work_leaves_but_the_connection_is_not_held() -> N
 
 
 def test_partly_holds_when_the_connection_is_held_but_the_client_still_waits() -> None:
-    # 50 ms off the response path, of 100: short of 80, outside the band.
-    verdict = decide(INLINE, HELD, rec(60))
+    # 40 ms off the response path, of 100: short of 60, outside the band.
+    verdict = decide(INLINE, HELD, rec(70))
     assert verdict.outcome == "partly holds"
     assert [check["outcome"] for check in verdict.checks] == ["clears", "misses", "clears"]
 

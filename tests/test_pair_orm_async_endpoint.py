@@ -33,9 +33,15 @@ def test_holds_when_the_loop_stalls_and_both_fixes_serve_more() -> None:
     assert decide(rec(45, 900)).outcome == "holds"
 
 
-def test_partly_holds_when_def_does_not_help() -> None:
-    verdict = decide(rec(45, 900), in_def=rec(50, 2))
+def test_partly_holds_when_def_stalls_the_loop_too() -> None:
+    verdict = decide(rec(45, 900), in_def=rec(50, 800))
     assert verdict.outcome == "partly holds"
+
+
+def test_def_is_judged_on_the_loop_stall_not_on_throughput() -> None:
+    # As slow as the blocked variant, yet its loop stays free: the claim's third part holds.
+    verdict = decide(rec(45, 900), in_def=rec(50, 2))
+    assert verdict.outcome == "holds"
 
 
 def test_does_not_hold_when_the_session_never_waits() -> None:

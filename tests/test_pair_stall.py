@@ -80,10 +80,19 @@ def test_a_stall_that_lets_no_request_through_is_still_judged() -> None:
 
 
 def test_partly_holds_when_a_fix_does_not_restore() -> None:
-    verdict = decide(rec(rps=22, failure_rate=0.72), limited=rec(rps=300))  # 0.16x the async driver
+    verdict = decide(rec(rps=22, failure_rate=0.72), limited=rec(rps=40, failure_rate=0.72))  # stalls as well
     assert verdict.outcome == "partly holds"
-    assert outcomes(verdict)["successful_throughput_ratio_max-concurrency_async-driver"] == "misses"
-    assert outcomes(verdict)["successful_throughput_ratio_in-endpoint_async-driver"] == "clears"
+    assert outcomes(verdict)["successful_throughput_ratio_max-concurrency_sync-dep"] == "misses"
+    assert outcomes(verdict)["successful_throughput_ratio_in-endpoint_sync-dep"] == "clears"
+
+
+def test_a_def_fix_slower_than_the_async_driver_still_restores() -> None:
+    # 0.16x the async driver yet 49x the stalled variant: shown, not judged.
+    verdict = decide(rec(rps=22, failure_rate=0.72), limited=rec(rps=300))
+    assert verdict.outcome == "holds"
+    assert verdict.figures["successful_throughput_ratio_max-concurrency_async-driver"] == pytest.approx(
+        300 / 1930, rel=0.05
+    )
     failing = decide(rec(rps=22, failure_rate=0.72), in_endpoint=rec(rps=1500, failure_rate=0.03))
     assert failing.outcome == "partly holds"
     assert outcomes(failing)["failure_rate_total_in-endpoint"] == "misses"

@@ -58,7 +58,7 @@ def test_partly_holds_when_it_works_but_warns() -> None:
     # The figures of a quick trial run: 1.12x the throughput on the same request path.
     verdict = decide(rec(rps=2210, cpu=90, warnings=[WARNING]), rec(rps=1975, cpu=82))
     assert verdict.outcome == "partly holds"
-    assert [check["outcome"] for check in verdict.checks] == ["clears", "clears", "clears", "misses"]
+    assert [check["outcome"] for check in verdict.checks] == ["clears", "clears", "misses"]
     assert verdict.figures[CPU] == pytest.approx((90 / 2210) / (82 / 1975))
     assert verdict.figures[Total(startup.ON_EVENT_DEPRECATIONS, "on-event").key] == 1
     assert verdict.figures[Ratio(THROUGHPUT, "on-event", "lifespan").key] == pytest.approx(2210 / 1975)  # shown only
@@ -95,7 +95,7 @@ def test_a_failed_start_with_its_warnings_unrecorded_stays_inconclusive() -> Non
     failed["warnings"] = None  # the merged record of a variant that never got through
     verdict = decide(failed, rec())
     assert verdict.outcome == "inconclusive"
-    assert verdict.checks[0]["outcome"] == "misses" and verdict.checks[3]["outcome"] == "not measured"
+    assert verdict.checks[0]["outcome"] == "misses" and verdict.checks[2]["outcome"] == "not measured"
 
 
 def test_does_not_hold_when_it_fails_requests_or_a_start() -> None:
@@ -104,17 +104,16 @@ def test_does_not_hold_when_it_fails_requests_or_a_start() -> None:
     assert verdict.outcome == "does not hold" and verdict.figures[FAILED] == 1
 
 
-def test_does_not_hold_when_it_needs_clearly_more_cpu_per_request() -> None:
-    verdict = decide(rec(rps=1500, cpu=90, warnings=[WARNING]), rec(rps=2000, cpu=90))
-    assert verdict.outcome == "does not hold"
-    assert verdict.checks[2]["outcome"] == "misses"
-
-
-def test_inconclusive_when_the_cpu_interval_straddles_its_bound() -> None:
-    verdict = decide(rec(rps=1600, cpu=90), rec(rps=2000, cpu=90), jitter=(0.5, 1.0, 2.0))
-    assert verdict.outcome == "inconclusive"
-    assert verdict.checks[2]["outcome"] == "inconclusive"
-    assert verdict.checks[2]["low"] < 1.25 < verdict.checks[2]["high"]
+def test_cpu_per_request_is_shown_but_does_not_decide() -> None:
+    # 1.33x the CPU per request, or an interval across 1.25x: the verdict rests on start-up,
+    # failures and warnings alone, and the CPU figure is still reported.
+    for on_event, jitter in (
+        (rec(rps=1500, cpu=90, warnings=[WARNING]), None),
+        (rec(rps=1600, cpu=90), (0.5, 1.0, 2.0)),
+    ):
+        verdict = decide(on_event, rec(rps=2000, cpu=90), jitter=jitter)
+        assert verdict.outcome == ("partly holds" if on_event["warnings"] else "holds")
+        assert CPU in verdict.figures and not any("CPU" in check["figure"] for check in verdict.checks)
 
 
 def test_inconclusive_without_the_lifespan_variant_or_the_warnings() -> None:
@@ -123,7 +122,7 @@ def test_inconclusive_without_the_lifespan_variant_or_the_warnings() -> None:
     unrecorded = rec()
     unrecorded["warnings"] = None
     verdict = decide(unrecorded, rec())
-    assert verdict.outcome == "inconclusive" and verdict.checks[3]["outcome"] == "not measured"
+    assert verdict.outcome == "inconclusive" and verdict.checks[2]["outcome"] == "not measured"
 
 
 def get_json(port: int, path: str) -> Any:

@@ -231,6 +231,19 @@ def test_diagnosis_names_the_blocking_line_the_exhausted_pool_and_the_busy_threa
     assert "max_connections" not in findings
 
 
+def test_a_pool_that_touches_its_limit_once_is_information_and_one_that_stays_there_a_problem() -> None:
+    def pool_finding(share: float) -> dict[str, Any]:
+        by_sample = {"closed-u10-b1": {"pools": [{"class": "QueuePool", "size": 5, "max_overflow": 10}],
+                                       "pool_checked_out_peak": 15, "pool_at_limit_share": share}}  # fmt: skip
+        findings = {f["kind"]: f for f in probe_report.diagnose(_summary(by_sample=by_sample), MANIFEST)}
+        return findings["pool"]
+
+    burst = pool_finding(0.0024)  # one monitor sample in 423, as a healthy app measured at 350 req/s
+    assert not burst["problem"] and "at its limit for 0.2% of the window" in burst["text"]
+    queued = pool_finding(0.4)
+    assert queued["problem"] and "at its limit for 40% of the window" in queued["text"]
+
+
 def _site(where: str, function: str, in_app: bool, stalls: int, stack: list[str] | None = None) -> dict[str, Any]:
     return {
         "file": f"/project/{where.split(':')[0]}", "where": where, "function": function, "code": "", "in_app": in_app,

@@ -10,8 +10,10 @@ from harness.records import Record
 
 # The work left the response path when the background variant without a held connection
 # has a p50 below inline's by at least GAIN_MIN of work_ms; within GAIN_NONE of it either
-# way, there is no measurable difference.
-GAIN_MIN = 0.8
+# way, there is no measurable difference. Stored runs measured 0.89-0.93 of work_ms, with
+# 3-block intervals reaching down to 0.77: the tasks still share the server's CPU with the
+# requests. At 0.6 the bound keeps "most of the wait is gone" and sits outside that noise.
+GAIN_MIN = 0.6
 GAIN_NONE = 0.2
 # The request-scoped connection is held through the task when it stays checked out at
 # least HOLD_MIN of work_ms after the endpoint returned.

@@ -30,12 +30,16 @@ def rule(knobs: Mapping[str, int]) -> Rule:
                     ),
                 ),
             ),
+            # Judged on the loop, not on throughput: sync-in-def's throughput swung 108-246
+            # req/s between runs (40 threads on 15 connections, CPU-bound), while its loop
+            # lag (25-145 ms) stayed far below sync-in-async's (about 1.5 s).
             Part(
-                "the same Session in a `def` endpoint does not",
-                (Check(Ratio(THROUGHPUT, "sync-in-def", "sync-in-async", short="def / async def"), ">=", RPS_FACTOR),),
+                "the same Session in a `def` endpoint does not block the loop",
+                stall_checks("sync-in-async", "sync-in-def"),
             ),
         ),
         shown=(
+            Ratio(THROUGHPUT, "sync-in-def", "sync-in-async", short="def / async def"),
             Ratio(PING_P99, "sync-in-async", "async-session"),
             Ratio(LOOP_LAG, "sync-in-def", "async-session"),
             Ratio(THROUGHPUT, "sync-in-def", "async-session"),

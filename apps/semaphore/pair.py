@@ -34,12 +34,20 @@ PEAK_GAP = 3
 FAILURE_EXCESS = 0.01
 # Its waits have no timeout, so the semaphore variant should fail nothing; one point for stray errors.
 MAX_FAILURE_RATE = 0.01
-# The wait is cheap when the semaphore's p99 is at most this many times the pool alone's:
-# half as long again, outside the A/A noise and short of the longer queue a cap below the
-# pool brings (its wait grows about pool_size / db_concurrency-fold)...
-P99_COST = 1.5
-# ...and it answers at least this share of the pool alone's successful requests per second.
-GOOD_RPS_SHARE = 0.7
+# The queue it makes is fair when the semaphore's p99 is at most this many times the wait
+# its cap predicts: in a closed loop USERS wait for db_concurrency x 1000/query_ms
+# requests per second, about USERS x query_ms / db_concurrency each (400 ms at the
+# defaults; stored runs measured p99 420-540 ms). A queue that starved some waiters
+# would reach seconds.
+TAIL_FACTOR = 2.0
+# Closed-loop users: more than the pool serves within its acquire timeout (see load below).
+USERS = 80
+
+
+def expected_wait_ms(knobs: Mapping[str, int]) -> float:
+    """What each request waits, by Little's law, once the semaphore caps the rate."""
+    return USERS * knobs["query_ms"] / knobs["db_concurrency"]
+
 
 ACQUIRE_TIMEOUTS = counter("acquire_timeouts", "acquire timeouts")
 
@@ -67,20 +75,28 @@ def rule(knobs: Mapping[str, int]) -> Rule:
                 "requests wait for the semaphore instead of failing the pool's acquire timeout",
                 (spares, Check(Level(FAILURE_RATE, "semaphore"), "<=", MAX_FAILURE_RATE)),
             ),
-            # With the failures it spares: a semaphore that does nothing costs nothing either.
+            # Its cost is judged against its own queue, not against the pool alone: the pool
+            # alone's p99 (160-340 ms) and successful throughput (93-382 req/s, with 40-80%
+            # of requests failing) moved with the machine's speed across stored runs, and left
+            # a comparison with them straddling its thresholds. With the failures it spares: a
+            # semaphore that does nothing costs nothing either.
             Part(
-                "it spares them at little cost in tail latency and throughput",
+                "it spares them at no more tail latency than its queue predicts",
                 (
-                    Check(Ratio(P99, "semaphore", "unbounded", short="p99 `semaphore` / `unbounded`"), "<=", P99_COST),
-                    Check(Ratio(GOOD_THROUGHPUT, "semaphore", "unbounded"), ">=", GOOD_RPS_SHARE),
+                    Check(
+                        Level(P99, "semaphore", short="p99 `semaphore`"),
+                        "<=",
+                        TAIL_FACTOR * expected_wait_ms(knobs),
+                    ),
                     spares,
                 ),
             ),
         ),
         shown=(
+            Ratio(P99, "semaphore", "unbounded", short="p99 `semaphore` / `unbounded`"),
+            Ratio(GOOD_THROUGHPUT, "semaphore", "unbounded"),
             Level(PEAK_BACKENDS, "unbounded"),
             Level(P99, "unbounded"),
-            Level(P99, "semaphore"),
             Level(GOOD_THROUGHPUT, "semaphore"),
             Total(ACQUIRE_TIMEOUTS, "unbounded"),
         ),
@@ -88,7 +104,10 @@ def rule(knobs: Mapping[str, int]) -> Rule:
             "With db_concurrency at or above pool_size the first part shows no measurable difference: the pool "
             "already caps the backends, and the semaphore only moves the queue out of the acquire's timeout. "
             "The query sleeps inside PostgreSQL, so the database has room for every pooled connection: a cap "
-            "below pool_size trades throughput and tail latency for fewer backends, which the third part weighs."
+            "below pool_size trades throughput and tail latency for fewer backends: the third part reads its p99 "
+            f"against the {expected_wait_ms(knobs):.0f} ms each request waits by Little's law (users x query_ms / "
+            "db_concurrency), and the comparison with the pool alone, whose figures move with the machine's speed, "
+            "is shown."
         ),
     )
 
@@ -135,5 +154,5 @@ PAIR = Pair(
     # from the knobs. The semaphore's 10 x 1000/50 = 200 req/s give 800 requests in a 4 s
     # sample, enough for a p99. All users start in the first half of the warm-up.
     # p99 decides here: every block's window holds enough requests for one.
-    load={"users": 80, "spawn_rate": 160, "min_requests": P99_MIN_REQUESTS},
+    load={"users": USERS, "spawn_rate": 2 * USERS, "min_requests": P99_MIN_REQUESTS},
 )

@@ -12,8 +12,6 @@ from harness.records import Record
 STALL_SHARE = 0.25
 # A fix lifts successful throughput at least this far above the stalled variant (1 / STALL_SHARE).
 RESTORE_FACTOR = 1 / STALL_SHARE
-# A `def` fix reaches at least this share of the async driver: wide, as it pays worker-thread hops per request.
-RESTORE_SHARE = 0.3
 # A fix fails at most this share of its requests over the run (a stall fails a half or more).
 FIX_FAILURE_RATE = 0.01
 # One user more than tokens + pool slots is the least load that can take every token.
@@ -46,11 +44,13 @@ def rule(knobs: Mapping[str, int]) -> Rule:
     )
 
     def restores(name: str) -> Part:
-        checks = [Check(Ratio(GOOD_THROUGHPUT, name, "sync-dep", short=f"`{name}` / stalled"), ">=", RESTORE_FACTOR)]
-        if name != "async-driver":
-            checks.append(Check(Ratio(GOOD_THROUGHPUT, name, "async-driver"), ">=", RESTORE_SHARE))
-        checks.append(Check(Total(FAILURE_RATE, name), "<=", FIX_FAILURE_RATE))
-        return Part(f"{FIXES[name]} restores service", tuple(checks))
+        return Part(
+            f"{FIXES[name]} restores service",
+            (
+                Check(Ratio(GOOD_THROUGHPUT, name, "sync-dep", short=f"`{name}` / stalled"), ">=", RESTORE_FACTOR),
+                Check(Total(FAILURE_RATE, name), "<=", FIX_FAILURE_RATE),
+            ),
+        )
 
     return Rule(
         parts=(
@@ -72,7 +72,12 @@ def rule(knobs: Mapping[str, int]) -> Rule:
                 (Check(Total(beyond, "sync-dep"), ">=", EXTRA_USERS),),
             ),
         ),
+        # How close a `def` fix comes to the async driver is shown, not judged: both are
+        # CPU-bound at 50 users, and their per-block ratio swung 0.43x-1.37x with the
+        # host's CPU, so a share threshold straddled in three of four stored runs.
         shown=(
+            Ratio(GOOD_THROUGHPUT, "in-endpoint", "async-driver"),
+            Ratio(GOOD_THROUGHPUT, "max-concurrency", "async-driver"),
             Total(FAILURE_RATE, "sync-dep"),
             Total(counter("pool_timeouts", "pool timeouts"), "sync-dep"),
             Level(P99, "sync-dep"),

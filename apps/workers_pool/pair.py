@@ -100,11 +100,11 @@ PAIR = Pair(
         "tried to open the connection, so that request fails at once, and the pool tries again at the next "
         "checkout. Sizing each pool to limit / workers keeps the sum within the limit; requests then queue in "
         "their own worker's pool instead. The workers share one listening socket and whichever accepts first "
-        "takes a connection, so Locust's users spread unevenly over them, and a worker with few users leaves "
-        "part of its share unused: throughput within the limit reaches limit x 1000/hold_ms only when every "
-        "worker has at least its pool's worth of users, which no setting here guarantees (it is shown, not "
-        "judged). Workers are measured as one server: their CPU, memory and "
-        "descriptors summed over the process tree, their loop lag pooled."
+        "takes a connection; kept-alive connections would stay on the worker that accepted them, at times one "
+        "worker for all 50 users, so both variants answer with `Connection: close` and each request is "
+        "accepted anew by a free worker, as behind a balancer that spreads requests. Throughput within the "
+        "limit is bounded by limit x 1000/hold_ms and is shown, not judged. Workers are measured as one "
+        "server: their CPU, memory and descriptors summed over the process tree, their loop lag pooled."
     ),
     variants=(
         Variant(
