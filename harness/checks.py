@@ -469,11 +469,15 @@ def evaluate(rule: Rule, records: Records, blocks: Sequence[Block], confidence: 
     def said(items: list[tuple[Part, CheckOutcome, list[Judged]]]) -> str:
         return "; ".join(f"{p.says}: {outcome} ({'; '.join(j.text() for j in js)})" for p, outcome, js in items)
 
+    # Each part's first figure, once: two parts may read one figure against two thresholds.
+    leading: dict[str, Judged] = {}
+    for _, _, js in parts:
+        if js:
+            leading.setdefault(js[0].check.figure.key, js[0])
     headline = "; ".join(
         f"{j.check.figure.short or j.check.figure.label} {j.estimate.text(j.check.figure)}"
         + ("" if j.outcome in ("clears", "misses") else f" [{j.outcome}]")
-        for _, _, js in parts
-        for j in js[:1]
+        for j in leading.values()
     )
     outcome: Outcome
     missing = sorted(

@@ -72,26 +72,26 @@ class _Thread:
 
 
 class HostCPU:
-    """The machine's busy and stolen CPU (100 = one core) since the last call, from the
-    first line of /proc/stat; nothing where there is none (not Linux). Steal is the time
-    a hypervisor gave this machine's cores to other guests: a shared host that slows
-    one sample of a block shows here, where the suite's own processes cannot show it."""
-
-    STAT = Path("/proc/stat")
+    """The machine's busy and stolen CPU (100 = one core) since the last call, from
+    psutil's system-wide CPU times; nothing where the system reports no steal (not
+    Linux). Steal is the time a hypervisor gave this machine's cores to other guests: a
+    shared host that slows one sample of a block shows here, where the suite's own
+    processes cannot show it."""
 
     def __init__(self) -> None:
         self._last = self._read()
 
     def _read(self) -> tuple[float, float, float] | None:
         try:
-            fields = [float(x) for x in self.STAT.read_text().split("\n", 1)[0].split()[1:]]
-        except (OSError, ValueError):
+            times = psutil.cpu_times()
+        except (OSError, RuntimeError):
             return None
-        if len(fields) < 8:
+        steal = getattr(times, "steal", None)
+        if steal is None:
             return None
-        idle = fields[3] + fields[4]  # idle + iowait
-        steal = fields[7]
-        total = sum(fields[:8])  # guest time is already inside user and nice
+        idle = times.idle + getattr(times, "iowait", 0.0)
+        # Guest time is already inside user and nice, so it is not added again.
+        total = times.user + times.nice + times.system + idle + times.irq + times.softirq + steal
         return total, total - idle - steal, steal
 
     def percent(self) -> dict[str, str]:

@@ -41,6 +41,7 @@ def test_holds_when_gather_waits_for_one_call_instead_of_three() -> None:
     assert verdict.outcome == "holds" and part_outcomes(verdict) == ["clears", "clears"]
     assert verdict.figures["p50_ratio_gather_sequential"] == pytest.approx(57 / 160, rel=0.03)
     assert verdict.headline.startswith("p50 `gather` / `sequential` 0.36x")
+    assert verdict.headline.count("p50 `gather` / `sequential`") == 1  # two parts, one figure: quoted once
 
 
 def test_partly_holds_when_the_client_eats_most_of_the_overlap() -> None:

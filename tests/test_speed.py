@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from harness import analysis, checks
@@ -55,21 +57,22 @@ def test_a_slowed_machine_reads_the_same_work_as_the_same_cost() -> None:
     assert speed_adjusted_cpu(slowed) == pytest.approx(0.25)
 
 
-def test_host_cpu_reads_busy_and_stolen_time_between_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    stat = tmp_path / "stat"
-    # user nice system idle iowait irq softirq steal guest guest_nice, in ticks
-    stat.write_text("cpu  1000 0 200 5000 100 0 50 300 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
-    monkeypatch.setattr(HostCPU, "STAT", stat)
+def test_host_cpu_reads_busy_and_stolen_time_between_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    fields = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal", "guest", "guest_nice")
+    times = collections.namedtuple("scputimes", fields)  # type: ignore[misc]
+    now = [times(10.0, 0.0, 2.0, 50.0, 1.0, 0.0, 0.5, 3.0, 0.0, 0.0)]
+    monkeypatch.setattr(psutil, "cpu_times", lambda: now[0])
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     host = HostCPU()
-    # 200 ticks later: 60 busy (40 user, 20 system), 100 idle, 40 stolen.
-    stat.write_text("cpu  1040 0 220 5100 100 0 50 340 0 0\n")
+    # 2 s of CPU time later: 0.6 busy (0.4 user, 0.2 system), 1.0 idle, 0.4 stolen.
+    now[0] = times(10.4, 0.0, 2.2, 51.0, 1.0, 0.0, 0.5, 3.4, 0.0, 0.0)
     found = host.percent()
     assert float(found["host_busy_pct"]) == pytest.approx(60 / 200 * 200)
     assert float(found["host_steal_pct"]) == pytest.approx(40 / 200 * 200)
-    assert host.percent() == {}, "no ticks passed: no share"
-    monkeypatch.setattr(HostCPU, "STAT", tmp_path / "missing")
-    assert HostCPU().percent() == {}, "no /proc/stat (not Linux): nothing, no error"
+    assert host.percent() == {}, "no time passed: no share"
+    no_steal = collections.namedtuple("scputimes", ("user", "nice", "system", "idle"))  # type: ignore[misc]
+    monkeypatch.setattr(psutil, "cpu_times", lambda: no_steal(1.0, 0.0, 1.0, 1.0))
+    assert HostCPU().percent() == {}, "no steal reported (not Linux): nothing, no error"
 
 
 def test_the_real_host_reads_within_its_cores() -> None:
