@@ -1040,6 +1040,11 @@ def stall_sites(run_dir: Path, samples: list[SampleRecord], app_dir: Path) -> di
     return {"captured": captured, "missed": missed, "sites": ranked}
 
 
+def pool_limit(pool: dict[str, Any]) -> int:
+    """The most connections a watched pool lends at once: size + overflow (0: unknown)."""
+    return (pool.get("size") or 0) + max(0, pool.get("max_overflow") or 0)
+
+
 def pool_figures(run_dir: Path, record: SampleRecord) -> dict[str, Any]:
     """The watched pool's checked-out peak in the window, and its limits."""
     folder = run_dir / "samples" / str(record["sample"])
@@ -1054,7 +1059,7 @@ def pool_figures(run_dir: Path, record: SampleRecord) -> dict[str, Any]:
         if "pool_checked_out" in frame and frame["pool_checked_out"].notna().any():
             checked_out = frame["pool_checked_out"].dropna()
             out["pool_checked_out_peak"] = int(checked_out.max())
-            limit = (pools[0].get("size") or 0) + max(0, pools[0].get("max_overflow") or 0)
+            limit = pool_limit(pools[0])
             if limit:
                 # How long it stayed at its limit, not only whether it touched it once.
                 out["pool_at_limit_share"] = float((checked_out >= limit).mean())

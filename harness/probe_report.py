@@ -15,7 +15,7 @@ from typing import Any, TypedDict
 
 from harness import analysis, store
 from harness.pairs import ANYIO_TOKENS, ROOT, STALL_MIN_MS, BenchError
-from harness.probe import HELD_TRANSACTION_MS, shell_join
+from harness.probe import HELD_TRANSACTION_MS, pool_limit, shell_join
 
 # A level stalls the loop when its loop lag p99 (inside the server) reaches this.
 STALL_LAG_MS = STALL_MIN_MS
@@ -297,7 +297,7 @@ def _pool(records: list[dict[str, Any]], by_sample: dict[str, Any]) -> list[Find
             continue
         # No watched pool (an engine the wrapper did not find): the limits the timeout message names.
         pool = pools[0] if pools else {"class": "QueuePool", **(extra.get("pool_timeout_limits") or {})}
-        limit = (pool.get("size") or 0) + max(0, pool.get("max_overflow") or 0)
+        limit = pool_limit(pool)
         peak = extra.get("pool_checked_out_peak")
         share = extra.get("pool_at_limit_share")
         at_limit = bool(limit and peak is not None and peak >= limit)
@@ -323,7 +323,7 @@ def _pool(records: list[dict[str, Any]], by_sample: dict[str, Any]) -> list[Find
     if busiest is None:
         return []
     peak, record, pool = busiest
-    limit = (pool.get("size") or 0) + max(0, pool.get("max_overflow") or 0)
+    limit = pool_limit(pool)
     share = (by_sample.get(str(record.get("sample"))) or {}).get("pool_at_limit_share")
     briefly = f", at its limit for {share:.1%} of the window" if share else ""
     return [
