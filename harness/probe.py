@@ -661,10 +661,13 @@ def verify_path(port: int, path: str, target: Target, log: Path, timeout_s: floa
     except OSError as err:
         raise BenchError(f"GET {shown} failed: {err}") from None
     excerpt = " ".join(body[:120].decode(errors="replace").split())
-    if status in (401, 403):
+    if status == 401:
         raise BenchError(
-            f"GET {shown} answered {status}: the app wants credentials; send them with --header 'Authorization: ...'"
+            f"GET {shown} answered 401: the app wants credentials; send them with --header 'Authorization: ...'"
         )
+    if status == 403:
+        sent = "the credentials sent" if target.headers else "a request without credentials"
+        raise BenchError(f"GET {shown} answered 403: the app refuses {sent}; send ones it accepts with --header")
     if status == 404:
         raise BenchError(
             f"GET {shown} answered 404 ({excerpt}): no such route, or no row with that id (check --path and --ids)"
@@ -933,18 +936,27 @@ def run_ui(target: Target, minutes: float, say: Callable[[str], None]) -> None:
                 env["BENCH_HEADERS"] = json.dumps(target.headers)
             with ManagedProcess("Locust's web UI", argv, folder / "locust.log", env, ROOT) as ui:
                 ui.wait_until(lambda: http_ok(f"http://127.0.0.1:{web_port}/"), 30.0, "serving its web UI")
+                what = target.variant or target.app
                 say(
-                    f"Locust's web UI: http://127.0.0.1:{web_port} against {target.app} on 127.0.0.1:{port} "
+                    f"Locust's web UI: http://127.0.0.1:{web_port} against {what} on 127.0.0.1:{port} "
                     f"(its logs and stalls in {folder}); Ctrl-C stops both, at the latest in {minutes:g} min"
                 )
                 deadline = time.monotonic() + minutes * 60
-                while time.monotonic() < deadline and ui.exited() is None and server.exited() is None:
-                    time.sleep(0.5)
+                stopped_by = f"the time limit ({minutes:g} min)"
+                try:
+                    while time.monotonic() < deadline and ui.exited() is None and server.exited() is None:
+                        time.sleep(0.5)
+                except KeyboardInterrupt:
+                    stopped_by = "Ctrl-C"  # the way to end a session by hand, not a failure
+                else:
+                    if ui.exited() is not None:
+                        stopped_by = "Locust's exit"
                 died = server.exited()
         finally:
             server.stop()
     if died is not None:
         raise BenchError(f"the app's server exited: {last_exception_line(log_tail(folder / 'server.log', 40))}")
+    say(f"stopped by {stopped_by}: Locust's web UI and the app are down (their logs in {folder})")
 
 
 def _slug(app: str) -> str:

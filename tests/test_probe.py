@@ -7,11 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import queue
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -44,9 +48,15 @@ def line_of(path: Path, marker: str) -> int:
 BLOCKING_LINE = line_of(EXAMPLE_APP, "# the blocking line")
 
 
-def bench(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def bench(*args: str, timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "bench.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "bench.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=None if env is None else os.environ | env,
     )
 
 
@@ -687,6 +697,12 @@ def test_probe_runs_a_project_under_its_own_interpreter_holding_only_its_depende
         (["--app", "nowhere:app", "--path", "/"], "No module named 'nowhere' (is --app-dir the project's folder?"),
         (["--app", "app:app", "--path", "/missing/{id}", "--ids", "1-9"], "answered 404"),
         (["--app", "app:app", "--path", "/private"], "GET /private answered 401: the app wants credentials"),
+        (["--app", "app:app", "--path", "/private", "--header", "Authorization: Bearer not-the-token"],
+         "GET /private answered 403: the app refuses the credentials sent"),
+        (["--app", "app:app", "--path", "/", "--seed-sql", str(EXAMPLE / "broken_seed.sql")],
+         "broken_seed.sql failed: syntax error at or near \"TABEL\""),
+        (["--app", "app:app", "--path", "/", "--seed-cmd", "echo migrating; echo 'no revision abc' >&2; exit 3"],
+         "--seed-cmd exited with status 3: no revision abc"),
         (["--app", "app:app", "--path", "/healthy/{id}", "--ids", "1-9", "--expect", "json:name"],
          "answered 200 without 'json:name' in its body"),
     ],
@@ -828,7 +844,10 @@ def test_on_a_fresh_clone_the_example_command_names_the_route_its_line_and_the_p
 @pytest.mark.slow
 def test_ui_serves_locusts_web_ui_on_loopback_and_stops_at_its_time_limit(db: Database, tmp_path: Path) -> None:
     started = time.monotonic()
-    result = bench(*BASE, "--path", "/healthy/{id}", "--ids", "1-9", "--dsn", db.dsn, "--ui", "--ui-minutes", "0.05")
+    result = bench(
+        *BASE, "--path", "/healthy/{id}", "--ids", "1-9", "--dsn", db.dsn, "--ui", "--ui-minutes", "0.05",
+        env={"TMPDIR": str(tmp_path)},  # the session's log folder
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     url = re.search(r"Locust's web UI: (http://127\.0\.0\.1:\d+)", result.stderr)
     assert url, result.stderr
@@ -836,6 +855,87 @@ def test_ui_serves_locusts_web_ui_on_loopback_and_stops_at_its_time_limit(db: Da
     folder = re.search(r"logs and stalls in (\S+)\)", result.stderr)
     assert folder and processes_mentioning(folder.group(1)) == []
     assert not http_ok(url.group(1))  # stopped with the session
+    assert "stopped by the time limit (0.05 min)" in result.stderr
+
+
+@pytest.mark.slow
+def test_ui_on_a_suite_variant_stops_on_ctrl_c_with_exit_0_and_no_process_left(db: Database, tmp_path: Path) -> None:
+    """Ctrl-C is how a session by hand ends: both servers go, the command says so, and it is
+    not reported as an interruption. The variant's table is the test database's 1,000 rows."""
+    proc = subprocess.Popen(
+        [sys.executable, "bench.py", "probe", "--variant", "blocking/async-blocking", "--ids", "1-1000",
+         "--dsn", db.dsn, "--ui", "--ui-minutes", "5"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=os.environ | {"TMPDIR": str(tmp_path)},  # the session's log folder
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr or []], daemon=True).start()
+    try:
+        said, url = "", None
+        deadline = time.monotonic() + 90
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(queue.Empty):
+                said += lines.get(timeout=1)
+                url = re.search(r"Locust's web UI: (http://127\.0\.0\.1:\d+) against blocking/async-blocking", said)
+        assert url, said
+        folder = re.search(r"logs and stalls in (\S+)\)", said)
+        assert folder and folder.group(1).startswith(str(tmp_path))
+        assert http_ok(url.group(1)) and processes_mentioning(folder.group(1)) != []
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    time.sleep(0.5)  # the reader thread's last lines
+    while not lines.empty():
+        said += lines.get()
+    assert "stopped by Ctrl-C: Locust's web UI and the app are down" in said, said
+    assert "Traceback" not in said and "interrupted" not in said
+    assert processes_mentioning(folder.group(1)) == []
+    assert not http_ok(url.group(1))
+
+
+@pytest.mark.slow
+def test_a_project_with_its_own_url_variable_env_file_and_seed_steps_is_prepared_then_probed(
+    db: Database, tmp_path: Path
+) -> None:
+    """--dsn-env, a working --env-file, --seed-sql and --seed-cmd together: the probe reads
+    the database URL from the variable the project names, in its .env file (no --dsn);
+    prepares the database as asked, SQL first, the command with the app's environment; and
+    the app sees the file's variables (tests/probe_example/shop.py)."""
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        f"# the shop's settings\nexport SHOP_DATABASE_URL={db.dsn}\nSHOP_GREETING='hello from .env'\nSHOP_ROWS=5\n"
+        "SHOP_API_KEY=k-31337  # unused by the app; a secret the manifest must not hold\n"
+    )
+    seed_sql = tmp_path / "schema.sql"
+    seed_sql.write_text(
+        "DROP TABLE IF EXISTS probe_shop_products;\nCREATE TABLE probe_shop_products (id int PRIMARY KEY, name text);\n"
+    )
+    out = tmp_path / "run"
+    try:
+        result = bench(
+            "probe", "--app", "shop:app", "--app-dir", str(EXAMPLE), "--path", "/products/{id}", "--ids", "1-5",
+            "--env-file", str(env_file), "--dsn-env", "SHOP_DATABASE_URL", "--seed-sql", str(seed_sql),
+            "--seed-cmd", f"{sys.executable} shop_fill.py", "--expect", '"greeting":"hello from .env"',
+            "--users", "1", "--duration", "1", "--out", str(out),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        manifest = store.read_json(out / "manifest.json")
+        assert manifest["database"]["source"] != "embedded" and manifest["target"]["dsn_env"] == "SHOP_DATABASE_URL"
+        assert manifest["database"]["prepared"] == "--seed-sql schema.sql, then --seed-cmd"
+        assert manifest["target"]["environment"] == ["SHOP_API_KEY", "SHOP_DATABASE_URL", "SHOP_GREETING", "SHOP_ROWS"]
+        assert "k-31337" not in json.dumps(manifest)  # names are kept, values never
+        summary = store.read_json(out / "summary.json")
+        assert summary["variants"] and all(v["status"] == "ok" and v["failures"] == 0 for v in summary["variants"])
+        with contextlib.closing(db.connect()) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM probe_shop_products")
+            assert cur.fetchone() == (5,)  # the command's rows, in the database the probe sampled
+    finally:
+        with contextlib.closing(db.connect()) as conn, conn.cursor() as cur:
+            cur.execute("DROP TABLE IF EXISTS probe_shop_products")
+            conn.commit()
 
 
 @pytest.mark.slow

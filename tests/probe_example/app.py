@@ -1,5 +1,6 @@
 """An app for the probe's tests, written as a user would: one healthy route, one that
-blocks the event loop with a sync call inside `async def`, and one behind a token.
+blocks the event loop with a sync call inside `async def`, and one behind a token
+(401 without one, 403 with a wrong one).
 
 It needs only FastAPI and uvicorn: the tests also run it in a virtualenv holding just those.
 """
@@ -30,6 +31,8 @@ async def blocking(item_id: int) -> dict[str, int]:
 
 @app.get("/private")
 async def private(authorization: str | None = Header(default=None)) -> dict[str, bool]:
-    if authorization != "Bearer let-me-in":
+    if authorization is None:
         raise HTTPException(status_code=401, detail="no token")
+    if authorization != "Bearer let-me-in":
+        raise HTTPException(status_code=403, detail="not this token")
     return {"ok": True}
