@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from apps.orm_pool_threads.pair import slowest_per_timeout
+from apps.orm_pool_threads.pair import THREADS_WAITING, slowest_per_timeout
 from harness import report, runner
-from harness.checks import Total
+from harness.checks import Difference, Total
 from harness.database import Database
 from harness.pairs import ANYIO_TOKENS, discover
 from harness.scenario import Scenario
@@ -19,7 +19,7 @@ from tests.conftest import blocks_of, write_manifest, write_variant
 from tests.test_pair_stall import get_all_at_once
 
 PAIR = discover()["orm_pool_threads"]
-WAITS = "wait_for_a_connection_per_request_difference_default-pool_pool-sized"
+WAITS = Difference(THREADS_WAITING, "default-pool", "pool-sized").key
 FAILS = "failure_rate_total_default-pool"
 
 
@@ -46,7 +46,17 @@ def outcomes(verdict: Any) -> dict[str, str]:
 def test_holds_when_requests_wait_and_fail_on_the_default_pool() -> None:
     verdict = decide(rec(9.0, failure_rate=0.05))
     assert verdict.outcome == "holds"
-    assert verdict.figures[WAITS] == pytest.approx(9.0 - 0.03, rel=0.15)
+    # Little's law at 800 req/s: 9 ms a request is 7.2 threads waiting, 0.03 ms 0.024.
+    assert verdict.figures[WAITS] == pytest.approx((9.0 - 0.03) * 0.8, rel=0.15)
+
+
+def test_threads_waiting_stay_put_when_the_host_halves_the_rate() -> None:
+    # The same queue of threads on a host half as fast: twice the wait per request, the
+    # same number waiting, the same outcome.
+    fast = decide(rec(30.0, rps=800))
+    slow = decide(rec(60.0, rps=400))
+    assert fast.figures[WAITS] == pytest.approx(slow.figures[WAITS], rel=0.05)
+    assert outcomes(fast)[WAITS] == outcomes(slow)[WAITS] == "clears"
 
 
 def test_partly_holds_when_they_wait_but_none_fails() -> None:
@@ -71,7 +81,7 @@ def test_the_slowest_wait_is_shown_against_pool_timeout() -> None:
 
 
 def test_a_few_microseconds_more_are_no_wait() -> None:
-    # Three times the sized pool's wait, but not a millisecond more per request.
+    # Three times the sized pool's wait, but not one thread more waiting (0.08 against 0.024).
     verdict = decide(rec(0.1))
     assert outcomes(verdict)[WAITS] == "misses"
     assert verdict.outcome == "does not hold"
