@@ -884,9 +884,13 @@ def test_ui_on_a_suite_variant_stops_on_ctrl_c_with_exit_0_and_no_process_left(d
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # SIGTERM first: the command stops its servers; a kill would leave them
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     time.sleep(0.5)  # the reader thread's last lines
     while not lines.empty():
         said += lines.get()
