@@ -40,7 +40,7 @@ def _threads_waiting(record: Record) -> float | None:
 THREADS_WAITING = Metric("worker threads waiting for a connection (wait per request x rate)", "", _threads_waiting)
 # "Waits": at least one thread more waiting than beside the sized pool. A difference, not a
 # ratio: the sized pool's threads wait only while it opens its 40 connections as the load
-# starts (2-3 threads in those runs), so a ratio would read connect speed.
+# starts (1.8-2.7 threads a block in those runs), so a ratio would read connect speed.
 WAITING_MIN = 1.0
 # "Fails": past pool_timeout a checkout raises; 1% of requests is far above a fluke for a
 # pool that does not fail when sized to the threads (its control allows as much again).
