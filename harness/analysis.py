@@ -492,15 +492,20 @@ def _soak(folder: Path, window: tuple[float, float], recovery_s: float) -> SoakF
     return out
 
 
+def fell_behind(record: Mapping[str, Any]) -> bool:
+    """An open loop that achieved under RATE_SHARE_LIMIT of its rate: requests queued, so
+    its users, not its rate, set how many were in flight."""
+    rate, achieved = record.get("rate"), record.get("achieved_rps")
+    return record.get("mode") == "open" and bool(rate) and achieved is not None and achieved < RATE_SHARE_LIMIT * rate
+
+
 def sample_flags(record: SampleRecord) -> list[str]:
     """Why a measurement cannot be taken at face value."""
     flags = []
     if (record.get("generator_cpu_pct") or 0) > GENERATOR_CPU_LIMIT:
         flags.append(f"load generator at {record['generator_cpu_pct']:.0f}% CPU")
-    if record.get("mode") == "open" and record.get("rate") and record.get("achieved_rps") is not None:
-        share = record["achieved_rps"] / record["rate"]
-        if share < RATE_SHARE_LIMIT:
-            flags.append(f"achieved {record['achieved_rps']:.0f} of {record['rate']:g} req/s requested")
+    if fell_behind(record):
+        flags.append(f"achieved {record['achieved_rps']:.0f} of {record['rate']:g} req/s requested")
     if record.get("warmup_capped"):  # some users' first requests may still be queued in the window
         answered, users = record.get("warmup_users_answered") or 0, record.get("users") or 0
         flags.append(f"warm-up capped: {answered:.0f} of {users:.0f} users had an answer")
@@ -716,12 +721,17 @@ def aggregate_variant(samples: list[SampleRecord], p99_target_ms: float) -> Vari
     return record
 
 
+def _sample_order(path: Path) -> list[str | int]:
+    """closed-u50-b2 before closed-u50-b10: the order the blocks ran in, not the alphabet's."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.parent.name)]
+
+
 def load_samples(run_dir: Path, pairs: list[Pair]) -> list[SampleRecord]:
     """Records of every sample folder that was written completely, in pair order."""
     records = []
     for pair in pairs:
         for variant in pair.variants:
-            for folder in sorted((run_dir / pair.name / variant.name).glob("*/sample.json")):
+            for folder in sorted((run_dir / pair.name / variant.name).glob("*/sample.json"), key=_sample_order):
                 try:
                     records.append(summarize_sample(folder.parent))
                 except (OSError, ValueError, KeyError, IndexError, pd.errors.ParserError) as err:

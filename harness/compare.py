@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from harness import analysis, stats, store
 from harness.pairs import BenchError
@@ -58,7 +59,7 @@ def differences(a_dir: Path, b_dir: Path) -> list[str]:
         here, there = (a.get("target") or {}).get(key), (b.get("target") or {}).get(key)
         if here != there:
             found.append(f"probe {key}: {here} vs {there}")
-    rates = [((m.get("open_loop") or {}).get("rate")) for m in (a, b)]
+    rates = [_open_rate(m) for m in (a, b)]
     if a.get("kind") == b.get("kind") == "probe" and rates[0] != rates[1]:
         found.append(f"probe open-loop rate: {rates[0]} vs {rates[1]} req/s (each set by its own run's sweep)")
     for key in sorted(set(a["scenario"]) | set(b["scenario"])):
@@ -77,6 +78,13 @@ def _judge(a: VariantRecord, b: VariantRecord, figure: str, label: str, higher_i
         word = "not significant"
     worse_pct = (1 - ratio) * 100 if higher_is_better else (ratio - 1) * 100
     return Change(a["pair"], a["variant"], figure, label, a[figure], b[figure], ratio, judged["ci"], word, worse_pct)
+
+
+def _open_rate(manifest: dict[str, Any]) -> float | None:
+    """The rate of a probe run's matched open loop: its retry's, where it ran once more
+    (the later record of a name is the one compare matches)."""
+    open_loop = manifest.get("open_loop") or {}
+    return (open_loop.get("retry") or open_loop).get("rate")
 
 
 def matched_name(record: VariantRecord) -> str:

@@ -77,6 +77,8 @@ PROBE_FILES = {str(ROOT / "apps" / name) for name in ("probe_wrapper.py", "instr
 ERROR_MARK = "fastapi-bench-probe: error:"
 # Open loop runs at this share of the knee's throughput: busy, but below saturation.
 OPEN_LOOP_SHARE = 0.7
+# An open loop that fell behind its rate runs once more at this share of it.
+OPEN_LOOP_RETRY_SHARE = 0.5
 DEFAULT_LEVELS = (1, 10, 50)
 DEFAULT_DURATION_S = 10.0
 # Loop lag that makes the watchdog capture the loop's stack: above a healthy loop's
@@ -900,10 +902,29 @@ def _measure_all(run: ProbeRun, db: Database, env: dict[str, str], manifest: dic
     rate, why = knee_rate(run.samples, target.p99_target_ms)
     manifest["open_loop"] = {"rate": rate, "why": why}
     if rate > 0:
-        sample = Sample(PROBE_PAIR, PROBE_PAIR.variants[0], "open", open_loop_users(target, rate), rate, 1, False)
-        progress.step(f"{target.app} open loop", f"{rate:g} req/s ({why})")
-        run.samples.append(measure(run, db, env, sample, progress, first=False))
+        record = _open_loop(run, db, env, progress, rate, why)
+        write_summary(run, manifest)
+        # Behind its rate, requests queued and its users set the concurrency: a busy moment
+        # of a shared machine, or a knee measured optimistically. Once more at half the rate.
+        retry = round(OPEN_LOOP_RETRY_SHARE * rate, 1)
+        if analysis.fell_behind(record) and retry >= 1:
+            achieved = record.get("achieved_rps") or 0.0
+            why = f"{OPEN_LOOP_RETRY_SHARE:.0%} of {rate:g} req/s, where it achieved {achieved:.0f}"
+            manifest["open_loop"]["retry"] = {"rate": retry, "why": why}
+            progress.total += 1
+            _open_loop(run, db, env, progress, retry, why)
     return True
+
+
+def _open_loop(
+    run: ProbeRun, db: Database, env: dict[str, str], progress: Progress, rate: float, why: str
+) -> SampleRecord:
+    target = run.target
+    sample = Sample(PROBE_PAIR, PROBE_PAIR.variants[0], "open", open_loop_users(target, rate), rate, 1, False)
+    progress.step(f"{target.app} open loop", f"{rate:g} req/s ({why})")
+    record = measure(run, db, env, sample, progress, first=False)
+    run.samples.append(record)
+    return record
 
 
 # `--ui`: Locust's web UI stays up at most this long (minutes), then everything stops.

@@ -54,7 +54,7 @@ MAX_CONNECTIONS_MARKS = ("too many clients", "remaining connection slots")
 
 class Finding(TypedDict):
     # "loop stalls", "worker threads", "pool", "idle in transaction", "max_connections", "failures"; information:
-    # "knee", "gc pauses", "brief stalls", and "pool" when not exhausted
+    # "knee", "gc pauses", "brief stalls", "open loop" (fell behind its rate), and "pool" when not exhausted
     kind: str
     problem: bool  # False: information
     text: str
@@ -79,9 +79,12 @@ def _worst(records: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
 
 def diagnose(summary: dict[str, Any], manifest: dict[str, Any]) -> list[Finding]:
     """The findings, problems first, each from this run's figures."""
-    records = _levels(summary)
+    every = _levels(summary)
+    # An open loop behind its rate had its users in flight, not the rate's share of them: its
+    # pool, threads and backends describe the generator's backlog, so they are not judged.
+    records = [r for r in every if not analysis.fell_behind(r)]
     findings: list[Finding] = []
-    findings += _stalls(summary, records)
+    findings += _stalls(summary, every)
     by_sample = summary.get("by_sample") or {}
     tokens = (summary.get("server") or {}).get("thread_tokens") or ANYIO_TOKENS
     busiest = _worst(records, "threads_busy_peak")
@@ -110,7 +113,8 @@ def diagnose(summary: dict[str, Any], manifest: dict[str, Any]) -> list[Finding]
                 patterns=["workers_pool", "pool", "semaphore"],
             )
         )
-    findings += _failures(records, by_sample)
+    findings += _failures(every, by_sample)
+    findings += [_behind(record) for record in every if analysis.fell_behind(record)]
     knee = summary.get("knee")
     target = (manifest.get("target") or {}).get("p99_target_ms")
     if knee:
@@ -119,6 +123,17 @@ def diagnose(summary: dict[str, Any], manifest: dict[str, Any]) -> list[Finding]
         text = "No level kept p99 under the target, so there is no knee"
     findings.append(Finding(kind="knee", problem=False, text=f"{text} (target {target or 0:g} ms).", patterns=[]))
     return findings
+
+
+def _behind(record: dict[str, Any]) -> Finding:
+    return Finding(
+        kind="open loop",
+        problem=False,
+        text=f"The {_at(record)} achieved {record.get('achieved_rps') or 0:,.0f} req/s: requests queued, so its "
+        f"{record.get('users')} users, not the rate, set how many were in flight. Its pool, worker-thread and "
+        "backend figures are shown, not judged.",
+        patterns=[],
+    )
 
 
 def _idle_in_transaction(records: list[dict[str, Any]], by_sample: dict[str, Any]) -> list[Finding]:
@@ -463,13 +478,20 @@ def render(run_dir: Path) -> Path:
         "pool counts where the app has an engine, and the stack watchdog: a thread that, while the loop is more "
         f"than {summary['watchdog']['threshold_ms']:g} ms late, reads the loop thread's stack "
         "(`sys._current_frames()`). Each level is a fresh server: a closed-loop users sweep, then open loop at "
-        f"{(manifest.get('open_loop') or {}).get('why', '70% of the knee')}. `pg_stat_activity` is sampled by state, "
+        f"{_open_loop_why(manifest)}. `pg_stat_activity` is sampled by state, "
         "read-only: the probe never ends a session or writes to the app's database unless asked with `--seed-*`.",
         "",
     ]
     path = run_dir / "REPORT.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _open_loop_why(manifest: dict[str, Any]) -> str:
+    open_loop = manifest.get("open_loop") or {}
+    why = open_loop.get("why", "70% of the knee")
+    retry = open_loop.get("retry")
+    return f"{why}, and once more at {retry['rate']:g} req/s ({retry['why']})" if retry else why
 
 
 def _database(manifest: dict[str, Any]) -> str:
@@ -523,8 +545,9 @@ def _levels_section(summary: dict[str, Any]) -> list[str]:
         if r.get("status") != "ok":
             lines.append(f"| {_at(r)} | failed: {r.get('error')} |||||||")
             continue
+        behind = " (fell behind)" if analysis.fell_behind(r) else ""
         lines.append(
-            f"| {_at(r)} | {_num(r['rps'])} | {_num(r['p50_ms'])} | {_num(r['p99_ms'])} | "
+            f"| {_at(r)}{behind} | {_num(r['rps'])} | {_num(r['p50_ms'])} | {_num(r['p99_ms'])} | "
             f"{r['failures']:,} ({r['failure_rate']:.1%}) | {_num(r['loop_lag_p99_ms'])} | {_num(r['ping_p99_ms'])} | "
             f"{_num(r['threads_busy_peak'])} | {_num(r['peak_connections'])} |"
         )

@@ -42,7 +42,7 @@ def p99_target(manifest: dict[str, Any]) -> float:
 def _num(value: Any, digits: int = 0) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "n/a"
-    return f"{value:,.{digits}f}"
+    return f"{value:z,.{digits}f}"  # z: a slope of -1e-13 prints 0.0, not -0.0
 
 
 def _pairs_in_run(run_dir: Path) -> list[Pair]:

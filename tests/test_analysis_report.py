@@ -311,3 +311,9 @@ def test_the_physics_check_calls_only_a_measurement_past_its_ceiling_wrong() -> 
     assert assessed(0.7 * ceiling, 30).startswith("below by 30%")
     assert assessed(0.7 * ceiling, 95).startswith("below: the server was CPU-bound")
     assert assessed(1.3 * ceiling, 30).startswith("above by 30%")
+
+
+def test_a_figure_that_rounds_to_zero_prints_without_a_sign() -> None:
+    """A fitted slope of -1e-13 (a flat line, up to rounding) is 0.0; a real negative stays negative."""
+    assert [report._num(v, 1) for v in (-1e-13, 1e-13, -0.06, 1234.56)] == ["0.0", "0.0", "-0.1", "1,234.6"]
+    assert report._num(None) == report._num(float("nan")) == "n/a"

@@ -28,7 +28,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from apps.instruments import StackWatchdog
-from harness import database, probe, probe_report, store
+from harness import analysis, database, probe, probe_report, store
 from harness.database import Database
 from harness.pairs import ROOT, discover
 from harness.procs import ManagedProcess, free_port, http_ok
@@ -252,6 +252,59 @@ def test_a_pool_that_touches_its_limit_once_is_information_and_one_that_stays_th
     assert not burst["problem"] and "at its limit for 0.2% of the window" in burst["text"]
     queued = pool_finding(0.4)
     assert queued["problem"] and "at its limit for 40% of the window" in queued["text"]
+
+
+def test_an_open_loop_behind_its_rate_is_shown_with_its_backlog_but_not_judged() -> None:
+    # 25 users in flight on a 15-connection pool: the generator's backlog, not the app at its rate.
+    opened = {"mode": "open", "users": 25, "rate": 500.0, "sample": "open-rate500-u25-b1", "threads_busy_peak": 40}
+    exhausted = {"pools": [{"class": "QueuePool", "size": 5, "max_overflow": 10}], "pool_checked_out_peak": 15,
+                 "pool_at_limit_share": 0.6}  # fmt: skip
+
+    def findings(achieved: float) -> dict[str, Any]:
+        summary = _summary(level=opened | {"achieved_rps": achieved}, by_sample={opened["sample"]: exhausted})
+        return {f["kind"]: f for f in probe_report.diagnose(summary, MANIFEST)}
+
+    behind = findings(400.0)  # 80% of its rate
+    assert [kind for kind, f in behind.items() if f["problem"]] == []
+    assert "open loop at 500 req/s achieved 400 req/s" in behind["open loop"]["text"]
+    assert "25 users" in behind["open loop"]["text"]
+    held = findings(490.0)  # 98%: the app at its rate, so its exhausted pool and busy threads are its own
+    assert held["pool"]["problem"] and held["worker threads"]["problem"] and "open loop" not in held
+    table = probe_report._levels_section(_summary(level=opened | {"achieved_rps": 400.0, "ping_p99_ms": 3.0}))
+    assert "| open loop at 500 req/s (fell behind) |" in "\n".join(table)
+
+
+def test_an_open_loop_that_falls_behind_runs_once_more_at_half_its_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    capacity = 300.0  # the fake app's ceiling, below the closed sweep's knee
+
+    def measure(run: Any, db: Any, env: Any, sample: Any, progress: Any, first: bool) -> dict[str, Any]:
+        record = {"status": "ok", "sample": sample.id, "mode": sample.mode, "users": sample.users, "rate": sample.rate}
+        if sample.mode == "closed":
+            return record | {"rps": 150.0 * sample.users, "p99_ms": 10.0}
+        achieved = min(sample.rate, capacity)
+        return record | {"rps": achieved, "achieved_rps": achieved, "p99_ms": 10.0}
+
+    monkeypatch.setattr(probe, "measure", measure)
+    monkeypatch.setattr(probe, "write_summary", lambda run, manifest: None)
+    target = probe.Target(app="app:app", app_dir=tmp_path, paths=("/",), python=sys.executable, python_given=False,
+                          levels=(1, 4))  # fmt: skip
+    run = probe.ProbeRun(target, tmp_path, [])
+    manifest: dict[str, Any] = {}
+    assert probe._measure_all(run, None, {}, manifest)  # type: ignore[arg-type]
+    closed = [r for r in run.samples if r["mode"] == "closed"]
+    rate, _ = probe.knee_rate(closed, target.p99_target_ms)  # type: ignore[arg-type]
+    assert rate > capacity / analysis.RATE_SHARE_LIMIT  # so the first open loop falls behind
+    assert [r["rate"] for r in run.samples if r["mode"] == "open"] == [rate, round(rate / 2, 1)]
+    assert manifest["open_loop"]["retry"] == {
+        "rate": round(rate / 2, 1), "why": f"50% of {rate:g} req/s, where it achieved {capacity:.0f}",
+    }  # fmt: skip
+    # An open loop that holds its rate runs once.
+    capacity = 0.951 * rate
+    run, manifest = probe.ProbeRun(target, tmp_path, []), {}
+    probe._measure_all(run, None, {}, manifest)  # type: ignore[arg-type]
+    assert [r["rate"] for r in run.samples if r["mode"] == "open"] == [rate] and "retry" not in manifest["open_loop"]
 
 
 def _site(where: str, function: str, in_app: bool, stalls: int, stack: list[str] | None = None) -> dict[str, Any]:
@@ -769,7 +822,7 @@ def test_probe_names_the_blocking_line_with_its_lag_in_a_run_of_its_own(db: Data
 
 
 # Findings that are information, not a problem: a clean bill may have these.
-INFORMATION = {"knee", "gc pauses", "brief stalls", "pool"}
+INFORMATION = {"knee", "gc pauses", "brief stalls", "pool", "open loop"}
 
 
 @pytest.mark.slow
@@ -784,9 +837,9 @@ def test_a_healthy_app_gets_a_clean_bill(db: Database, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     summary = store.read_json(out / "summary.json")
     findings = {f["kind"]: f for f in summary["diagnosis"]}
-    assert [kind for kind, f in findings.items() if f["problem"]] == [], summary["diagnosis"]
+    assert [f["text"] for f in findings.values() if f["problem"]] == []
     assert set(findings) <= INFORMATION and "knee" in findings, sorted(findings)
-    assert "QueuePool, size 5, overflow 10" in findings["pool"]["text"]  # the pool is named, as information
+    assert "QueuePool, size 40, overflow 0" in findings["pool"]["text"]  # the pool is named, as information
     # A busy 2-core machine can delay the loop past the threshold now and then; never in the app's code.
     assert [site["where"] for site in summary["stalls"]["sites"] if site["in_app"]] == []
     assert "No problem found" in (out / "REPORT.md").read_text()
@@ -808,7 +861,7 @@ def test_probe_of_a_sqlmodel_app_names_the_blocking_route_and_the_pool_limit(db:
     url = db.dsn.replace("postgresql://", "postgresql+psycopg://", 1)
     result = bench(
         "probe", "--app", "orm_app:app", "--app-dir", str(EXAMPLES), "--path", "/items/{id}",
-        "--path", "/async-items/{id}", "--ids", "1-100", "--users", "1,20", "--duration", "2",
+        "--path", "/async-items/{id}", "--ids", "1-100", "--users", "1,4", "--duration", "2",
         "--dsn", url, "--out", str(out),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
