@@ -15,9 +15,9 @@ decide, so the prose cannot drift from the code.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from harness import stats
 from harness.pairs import (
@@ -63,6 +63,11 @@ class Metric:
             return None
         value = self.read(record)
         return None if value is None or not math.isfinite(value) else float(value)
+
+
+def metric_key(metric: Metric) -> str:
+    """How a metric is named in figure keys: 'p99', 'server_CPU_per_request'."""
+    return (metric.name or metric.label).replace(" ", "_")
 
 
 def _field(name: str) -> Callable[[Record], float | None]:
@@ -171,7 +176,7 @@ class Figure:
     def key(self) -> str:
         """The figure's name in a verdict's figures, e.g. 'throughput_ratio_a_b'."""
         tail = f"_{self.to}" if self.to else ""
-        return f"{self.metric.name or self.metric.label}_{self.kind}_{self.of}{tail}".replace(" ", "_")
+        return f"{metric_key(self.metric)}_{self.kind}_{self.of}{tail}".replace(" ", "_")
 
     def show(self, value: float | None) -> str:
         return fmt_value(value, self.unit, 1.0 if self.kind == "ratio" else self.metric.scale)
@@ -387,11 +392,41 @@ def part_outcome(judged: Sequence[Judged]) -> CheckOutcome:
     return "clears"
 
 
+def ratio_floors(entries: Iterable[Mapping[str, Any]]) -> dict[str, tuple[float, float]]:
+    """An A/A control's ratio intervals (its checks and shown figures, as stored), by
+    metric key: how far apart this run put identical variants, figure by figure."""
+    floors = {}
+    for entry in entries:
+        name, low, high = str(entry.get("name") or ""), entry.get("low"), entry.get("high")
+        if entry.get("unit") == "x" and "_ratio_" in name and low is not None and high is not None:
+            floors[name.split("_ratio_", 1)[0]] = (float(low), float(high))
+    return floors
+
+
+def floor_of(check: Check, floors: Mapping[str, tuple[float, float]]) -> tuple[float, float] | None:
+    """The floor a ratio threshold is read against: the control's interval of the same
+    figure (p50 noise for a p50 threshold), or, for a figure the control does not
+    measure, the widest of its intervals."""
+    if not floors:
+        return None
+    own = floors.get(metric_key(check.figure.metric))
+    if own is not None:
+        return own
+    return min(low for low, _ in floors.values()), max(high for _, high in floors.values())
+
+
+def inside_floor(check: Check, floors: Mapping[str, tuple[float, float]]) -> bool:
+    floor = floor_of(check, floors)
+    return check.figure.kind == "ratio" and floor is not None and floor[0] <= check.threshold <= floor[1]
+
+
 LADDER = (
-    "Holds when every part clears; partly holds when some parts clear and the others clearly miss; "
-    'does not hold when every part clearly misses ("no measurable difference" when each interval lies inside '
-    "its equivalence band); inconclusive while any part's interval straddles its threshold, when a variant was "
-    "not measured, or when a positive control does not clear (then the harness, not the claim, failed)."
+    "Holds when every part clears; partly holds when some parts clear and the others clearly miss, or when at "
+    "least one part clears and one clearly misses while another is still open (no outcome of the open part "
+    'changes that); does not hold when every part clearly misses ("no measurable difference" when each interval '
+    "lies inside its equivalence band); otherwise inconclusive while any part's interval straddles its threshold, "
+    "when a variant was not measured, or when a positive control does not clear (then the harness, not the claim, "
+    "failed)."
 )
 
 
@@ -502,8 +537,13 @@ def evaluate(rule: Rule, records: Records, blocks: Sequence[Block], confidence: 
         headline = f"control did not clear; {headline}"
     else:
         outcomes = [o for _, o, _ in parts]
+        missed = [o for o in outcomes if o in ("misses", "no measurable difference")]
         if all(o == "clears" for o in outcomes):
             outcome, lead = "holds", "Holds"
+        elif "inconclusive" in outcomes and "clears" in outcomes and missed:
+            # Whatever the open part decides, one part clears and one misses: more blocks
+            # cannot move the outcome, so they are not spent on it (Decision.undecided).
+            outcome, lead = "partly holds", "Partly holds, whichever way the open part goes"
         elif "inconclusive" in outcomes:
             outcome, lead = "inconclusive", "Inconclusive: an interval still straddles its threshold"
         elif all(o == "no measurable difference" for o in outcomes):

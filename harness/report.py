@@ -685,33 +685,29 @@ def _noise_floor(pairs: list[Pair], verdicts: dict[str, VerdictEntry]) -> list[s
         + ".",
         "",
     ]
-    # The floor spans every ratio the control measured, deciding or shown: a rule's
-    # threshold must clear the noise of raw throughput too.
-    spans = [
-        (float(c["low"]), float(c["high"]))
-        for c in [*(verdict.get("checks") or []), *(verdict.get("shown") or [])]
-        if c.get("low") is not None and c.get("high") is not None and c.get("unit") == "x"
-    ]
-    floor = {"low": min(s[0] for s in spans), "high": max(s[1] for s in spans)} if spans else None
+    # Each threshold is read against the control's interval of its own figure, p50 against
+    # p50 noise; a figure the control does not measure, against the widest of them.
+    floors = checks.ratio_floors([*(verdict.get("checks") or []), *(verdict.get("shown") or [])])
     thresholds = sorted(
         {
-            (pair.name, check.figure.metric.label, check.threshold)
+            (pair.name, check.figure.metric.label, check.threshold, checks.inside_floor(check, floors))
             for pair in pairs
             if pair.rule is not None and pair is not control
             for check in pair.rule(pair.knobs).checks
             if check.figure.kind == "ratio"
         }
     )
-    if floor and thresholds:
-        inside = [t for t in thresholds if floor["low"] <= t[2] <= floor["high"]]
-        listed = ", ".join(f"`{name}` {label} {threshold:g}x" for name, label, threshold in thresholds)
+    if floors and thresholds:
+        inside = [(name, label, threshold) for name, label, threshold, within in thresholds if within]
+        widest = min(low for low, _ in floors.values()), max(high for _, high in floors.values())
+        listed = ", ".join(f"`{name}` {label} {threshold:g}x" for name, label, threshold, _ in thresholds)
         lines += [
-            f"Ratio thresholds of the rules, against the floor's {floor['low']:.2f}x to {floor['high']:.2f}x: "
-            f"{listed}. "
+            f"Ratio thresholds of the rules, each against the control's interval of the same figure where it "
+            f"measures one, else the widest ({widest[0]:.2f}x to {widest[1]:.2f}x): {listed}. "
             + (
-                f"Inside the floor: {', '.join(f'`{n}` {t:g}x' for n, _, t in inside)}."
+                f"Inside its floor: {', '.join(f'`{n}` {label} {t:g}x' for n, label, t in inside)}."
                 if inside
-                else "None lies inside it."
+                else "None lies inside its floor."
             ),
             "",
         ]

@@ -8,7 +8,7 @@ import pytest
 
 from apps.blocking import pair as blocking_pair
 from harness import checks
-from harness.checks import THROUGHPUT, Check, Level, Part, Ratio, Rule, Total
+from harness.checks import P50, THROUGHPUT, Check, Level, Part, Ratio, Rule, Total
 from harness.pairs import ROOT, discover
 from harness.store import read_json
 from tests.conftest import blocks_of
@@ -78,6 +78,28 @@ def test_the_ladder_climbs_from_the_parts() -> None:
     assert outcome(3.0, 1.5, spread=(0.5, 1.0, 2.0)) == "inconclusive"
 
 
+def test_an_open_part_that_cannot_move_the_outcome_leaves_it_decided() -> None:
+    """One part clears and one misses: the third, still open, can only make it partly hold,
+    so the verdict is partly holds and no further block is asked for. An open part beside
+    parts that all clear, or all miss, could still move the outcome: inconclusive."""
+    rule = Rule(parts=tuple(Part(f"{v} is faster", (Check(Ratio(THROUGHPUT, v, "a"), ">=", 1.5),)) for v in "bcd"))
+
+    def decision(b: float, c: float, d: float) -> checks.Decision:
+        spread, wide = (0.98, 1.0, 1.02), (0.5, 1.0, 2.0)  # d's blocks straddle 1.5x
+        found = [{"a": {"status": "ok", "rps": 100.0}, "b": {"status": "ok", "rps": 100 * b * f},
+                  "c": {"status": "ok", "rps": 100 * c / f}, "d": {"status": "ok", "rps": 100 * d * w}}
+                 for f, w in zip(spread, wide, strict=True)]  # fmt: skip
+        return checks.evaluate(rule, {}, found, 0.95)
+
+    decided = decision(3.0, 1.2, 1.5)
+    assert decided.verdict.outcome == "partly holds" and decided.undecided == []
+    assert [j.outcome for j in decided.judged] == ["clears", "misses", "inconclusive"]
+    for b, c in ((3.0, 3.0), (1.2, 1.2)):
+        still = decision(b, c, 1.5)
+        assert still.verdict.outcome == "inconclusive"
+        assert [j.check.name for j in still.undecided] == [decided.judged[2].check.name]
+
+
 def test_changing_a_threshold_changes_both_the_outcome_and_the_prose(monkeypatch: pytest.MonkeyPatch) -> None:
     """The rule's wording comes from its checks: one constant moves both."""
     pair = discover()["blocking"]
@@ -97,26 +119,34 @@ def test_changing_a_threshold_changes_both_the_outcome_and_the_prose(monkeypatch
 
 def test_every_ratio_threshold_lies_outside_the_stored_noise_floor() -> None:
     """The A/A control of the newest stored default run: no rule may set a ratio
-    threshold that identical variants can reach."""
+    threshold that identical variants can reach on the same figure."""
     runs = sorted(p for p in (ROOT / "results").glob("*-default") if (p / "summary.json").is_file())
     assert runs, "no stored default run"
     control = read_json(runs[-1] / "summary.json")["verdicts"].get("control")
     assert control, f"{runs[-1].name} has no A/A control"
-    floors = [
-        (c["low"], c["high"])
-        for c in [*control["checks"], *(control.get("shown") or [])]
-        if c.get("low") is not None and c.get("unit") == "x"
-    ]
-    assert floors
-    low, high = min(f[0] for f in floors), max(f[1] for f in floors)
+    floors = checks.ratio_floors([*control["checks"], *(control.get("shown") or [])])
+    assert {"server_CPU_per_request", "throughput", "p50", "p99"} <= set(floors), sorted(floors)
     inside = [
-        (pair.name, check.threshold)
+        (pair.name, check.figure.metric.label, check.threshold, checks.floor_of(check, floors))
         for pair in discover().values()
         if pair.rule is not None and pair.name != "control"
         for check in pair.rule(pair.knobs).checks
-        if check.figure.kind == "ratio" and low <= check.threshold <= high
+        if checks.inside_floor(check, floors)
     ]
-    assert not inside, f"thresholds inside the A/A floor {low:.2f}x-{high:.2f}x: {inside}"
+    assert not inside, f"thresholds inside the A/A floor of {runs[-1].name}: {inside}"
+
+
+def test_a_threshold_is_read_against_its_own_figures_floor_or_the_widest() -> None:
+    p50 = Check(Ratio(P50, "b", "a"), "<=", 0.85)
+    lag = Check(Ratio(checks.LOOP_LAG, "b", "a"), "<=", 0.85)
+    floors = {"p50": (0.95, 1.05), "p99": (0.84, 1.01)}
+    assert checks.floor_of(p50, floors) == (0.95, 1.05) and not checks.inside_floor(p50, floors)
+    assert checks.floor_of(lag, floors) == (0.84, 1.05) and checks.inside_floor(lag, floors)  # not measured: widest
+    stored = [{"name": "p50_ratio_copy-a_copy-b", "unit": "x", "low": 0.95, "high": 1.05},
+              {"name": "p99_ratio_copy-a_copy-b", "unit": "x", "low": 0.84, "high": 1.01},
+              {"name": "failure_rate_total_copy-a", "unit": "%", "low": 0.0, "high": 1.0}]  # fmt: skip
+    assert checks.ratio_floors(stored) == floors
+    assert checks.floor_of(p50, {}) is None
 
 
 def test_only_an_open_verdict_asks_for_more_blocks() -> None:
