@@ -4,10 +4,11 @@ each read ends its transaction before the response is written (so no backend wai
 in transaction` meanwhile), every session goes back to the pool when its request ends, and
 the pool holds one connection per worker thread, so no thread queues for a connection.
 
-The probe must give it a clean bill: no finding but the knee (and garbage-collection
-pauses, if it caught any), which are information.
+Up to its knee the probe must give it a clean bill: no finding but the knee (and
+garbage-collection pauses, if it caught any), which are information. Far past the knee
+(50 users against 40 worker threads) its threads are all busy, which the probe reports.
 
-    python bench.py probe --app examples.healthy_app:app --path "/items/{id}" --ids 1-100
+    python bench.py probe --app examples.healthy_app:app --path "/items/{id}" --ids 1-100 --users 1,4
 """
 
 import os
