@@ -407,11 +407,14 @@ def floor_of(check: Check, floors: Mapping[str, tuple[float, float]]) -> tuple[f
     """The floor a ratio threshold is read against: the control's interval of the same
     figure (p50 noise for a p50 threshold), or, for a figure the control does not
     measure, the widest of its intervals."""
+    own = floors.get(metric_key(check.figure.metric))
+    return own if own is not None else widest_floor(floors)
+
+
+def widest_floor(floors: Mapping[str, tuple[float, float]]) -> tuple[float, float] | None:
+    """The span of all the control's intervals: the floor of a figure it does not measure."""
     if not floors:
         return None
-    own = floors.get(metric_key(check.figure.metric))
-    if own is not None:
-        return own
     return min(low for low, _ in floors.values()), max(high for _, high in floors.values())
 
 

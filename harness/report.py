@@ -697,9 +697,9 @@ def _noise_floor(pairs: list[Pair], verdicts: dict[str, VerdictEntry]) -> list[s
             if check.figure.kind == "ratio"
         }
     )
-    if floors and thresholds:
+    widest = checks.widest_floor(floors)
+    if widest and thresholds:
         inside = [(name, label, threshold) for name, label, threshold, within in thresholds if within]
-        widest = min(low for low, _ in floors.values()), max(high for _, high in floors.values())
         listed = ", ".join(f"`{name}` {label} {threshold:g}x" for name, label, threshold, _ in thresholds)
         lines += [
             f"Ratio thresholds of the rules, each against the control's interval of the same figure where it "
