@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import linecache
+import os
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -262,6 +263,31 @@ def is_gc_collection(site: Mapping[str, Any]) -> bool:
     full `file`) and the suite's (only `where`, path:line)."""
     file = str(site.get("file") or str(site.get("where") or "").rpartition(":")[0])
     return Path(file).name == "instruments.py" and site.get("function") == GC_CALLBACK
+
+
+# The event loop's own entry frames. A stack whose innermost Python frame is one of these
+# ran no Python code of its own: the loop was inside its C code (uvloop's run, or the
+# selector's poll) and late because its thread could not take the GIL, or the CPU, back.
+LOOP_ENTRIES = (
+    ("asyncio/runners.py", "run"),
+    ("asyncio/base_events.py", "run_forever"),
+    ("asyncio/base_events.py", "run_until_complete"),
+    ("asyncio/base_events.py", "_run_once"),
+    ("selectors.py", "select"),
+    ("uvloop/__init__.py", "run"),
+)
+
+
+def is_loop_wait(site: Mapping[str, Any]) -> bool:
+    """A stall whose stack had no frame but the loop's own entry: the loop thread waiting to
+    run (for the GIL that worker threads held, or for a CPU), not a call that blocks it.
+    Takes the probe's sites and the suite's: both name their innermost frame in
+    `blocked_in` ("path:line function")."""
+    where, _, function = str(site.get("blocked_in") or "").rpartition(" ")
+    file = where.rpartition(":")[0].replace(os.sep, "/")
+    if where != site.get("where"):  # the site is a frame of the app's or the suite's above the innermost
+        return False
+    return any(file.endswith("/" + entry) and function == name for entry, name in LOOP_ENTRIES)
 
 
 def read_stalls(folder: Path, window: tuple[float, float] | None) -> list[dict[str, Any]]:
@@ -723,7 +749,23 @@ def aggregate_variant(samples: list[SampleRecord], p99_target_ms: float) -> Vari
 
 def _sample_order(path: Path) -> list[str | int]:
     """closed-u50-b2 before closed-u50-b10: the order the blocks ran in, not the alphabet's."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.parent.name)]
+    return _natural(path.parent.name)
+
+
+def _natural(name: str) -> list[str | int]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def stored_order(samples: list[SampleRecord], pairs: list[Pair]) -> list[SampleRecord]:
+    """Samples in load_samples' order (pair, variant, block), whatever order they ran in:
+    a run's summary.json and its re-rendering list them alike."""
+    rank = {
+        (pair.name, variant.name): (i, j) for i, pair in enumerate(pairs) for j, variant in enumerate(pair.variants)
+    }
+    return sorted(
+        samples,
+        key=lambda s: (rank.get((s["pair"], s["variant"]), (len(pairs), 0)), _natural(str(s.get("sample") or ""))),
+    )
 
 
 def load_samples(run_dir: Path, pairs: list[Pair]) -> list[SampleRecord]:
@@ -940,7 +982,7 @@ def write_summary(
                 if pair.physics is not None
             },
             # Samples without their response-time buckets: those stay in each sample's tallies.
-            "samples": [{k: v for k, v in sample.items() if k != "buckets"} for sample in samples],
+            "samples": [{k: v for k, v in sample.items() if k != "buckets"} for sample in stored_order(samples, pairs)],
         },
     )
 

@@ -54,7 +54,8 @@ MAX_CONNECTIONS_MARKS = ("too many clients", "remaining connection slots")
 
 class Finding(TypedDict):
     # "loop stalls", "worker threads", "pool", "idle in transaction", "max_connections", "failures"; information:
-    # "knee", "gc pauses", "brief stalls", "open loop" (fell behind its rate), and "pool" when not exhausted
+    # "knee", "gc pauses", "loop waits", "brief stalls", "open loop" (fell behind its rate), "pool" when not
+    # exhausted, and "worker threads" when the server was CPU-bound
     kind: str
     problem: bool  # False: information
     text: str
@@ -89,16 +90,7 @@ def diagnose(summary: dict[str, Any], manifest: dict[str, Any]) -> list[Finding]
     tokens = (summary.get("server") or {}).get("thread_tokens") or ANYIO_TOKENS
     busiest = _worst(records, "threads_busy_peak")
     if busiest is not None and busiest["threads_busy_peak"] >= tokens:
-        findings.append(
-            Finding(
-                kind="worker threads",
-                problem=True,
-                text=f"All {tokens} of anyio's worker-thread tokens were busy at {_at(busiest)} "
-                f"(peak {busiest['threads_busy_peak']}, mean {busiest.get('threads_busy_mean') or 0:.1f}): "
-                "`def` endpoints and sync dependencies queued for a thread.",
-                patterns=["stall", "def_endpoint"],
-            )
-        )
+        findings.append(_threads(busiest, tokens, manifest))
     findings += _pool(records, by_sample)
     findings += _idle_in_transaction(records, by_sample)
     limit = int((manifest.get("database") or {}).get("max_connections") or 0)
@@ -123,6 +115,47 @@ def diagnose(summary: dict[str, Any], manifest: dict[str, Any]) -> list[Finding]
         text = "No level kept p99 under the target, so there is no knee"
     findings.append(Finding(kind="knee", problem=False, text=f"{text} (target {target or 0:g} ms).", patterns=[]))
     return findings
+
+
+def _cpu_bound(record: dict[str, Any], manifest: dict[str, Any]) -> str:
+    """Why a level's server could run no faster on more threads: its process at a core's
+    worth of CPU (the GIL's ceiling for Python code), or the machine's CPUs all in use by
+    the server, PostgreSQL and the generator. Empty when neither."""
+    server = record.get("server_cpu_pct")
+    if server is not None and server >= analysis.SATURATED_CPU:
+        return f"the server used {server:.0f}% CPU"
+    cpus = int((manifest.get("environment") or {}).get("cpu_count") or 0)
+    machine = record.get("machine_cpu_pct")
+    if cpus and machine is not None and machine >= analysis.SATURATED_CPU * cpus:
+        return f"the server, PostgreSQL and the load generator used {machine:.0f}% of {cpus * 100}% CPU"
+    return ""
+
+
+def _threads(record: dict[str, Any], tokens: int, manifest: dict[str, Any]) -> Finding:
+    """Every worker-thread token busy. A problem where threads were the limit: they waited
+    (on I/O, a pool, a lock) while CPU was to spare, so requests queued for a thread. Where
+    the server was CPU-bound, more threads would not serve more: information."""
+    busy = (
+        f"All {tokens} of anyio's worker-thread tokens were busy at {_at(record)} "
+        f"(peak {record['threads_busy_peak']}, mean {record.get('threads_busy_mean') or 0:.1f})"
+    )
+    cpu = _cpu_bound(record, manifest)
+    if cpu:
+        return Finding(
+            kind="worker threads",
+            problem=False,
+            text=f"{busy}, but {cpu}: the CPU, not the threads, was the limit there, and more threads would not "
+            "serve more requests.",
+            patterns=[],
+        )
+    cpu_used = record.get("server_cpu_pct")
+    spare = f" while the server used {cpu_used:.0f}% CPU" if cpu_used is not None else ""
+    return Finding(
+        kind="worker threads",
+        problem=True,
+        text=f"{busy}{spare}: `def` endpoints and sync dependencies queued for a thread while the threads waited.",
+        patterns=["stall", "def_endpoint"],
+    )
 
 
 def _behind(record: dict[str, Any]) -> Finding:
@@ -189,32 +222,54 @@ def _failures(records: list[dict[str, Any]], by_sample: dict[str, Any]) -> list[
 def _stalls(summary: dict[str, Any], records: list[dict[str, Any]]) -> list[Finding]:
     """A problem when some level's loop lag p99 reaches STALL_LAG_MS (the suite's own
     stall threshold), with the stacks as evidence; stacks caught at a lower p99 (a
-    machine's scheduling hiccup can make one) are information only."""
+    machine's scheduling hiccup can make one) are information only. Stalls inside a
+    garbage collection, or with only the loop's own entry on the stack, are information:
+    the interpreter or the loop's thread waiting, not a call of the app's that blocks."""
     stalls = summary.get("stalls") or {}
     every_site = stalls.get("sites") or []
-    # A stall caught inside the instruments' gc callback was a garbage collection: a pause
-    # of the whole interpreter, not a call of the app's that blocks. Information only.
     collections = [site for site in every_site if analysis.is_gc_collection(site)]
-    sites = [site for site in every_site if not analysis.is_gc_collection(site)]
+    waits = [site for site in every_site if analysis.is_loop_wait(site)]
+    sites = [site for site in every_site if site not in collections and site not in waits]
     laggy = _worst(records, "loop_lag_p99_ms")
-    gc_finding = []
+    captured = stalls.get("captured") or sum(site["stalls"] for site in every_site)
+    waiting = []
     if collections:
-        paused = sum(site["stalls"] for site in collections)
-        total = sum(site["lag_ms_total"] for site in collections)
-        worst = max(site["lag_ms_max"] for site in collections)
-        gc_finding = [
-            Finding(
-                kind="gc pauses",
-                problem=False,
-                text=f"{paused} of the {stalls.get('captured', paused)} stalls the watchdog caught were garbage "
-                f"collections ({total:,.0f} ms of lag in all, worst {worst:,.0f} ms): the interpreter pausing, "
-                "not a call that blocks.",
-                patterns=[],
+        waiting.append(
+            _waited(
+                "gc pauses",
+                collections,
+                captured,
+                "garbage collections",
+                "the interpreter pausing, not a call that blocks.",
             )
-        ]
-        if not sites:  # the lag is the collector's
-            return gc_finding
-    return _blocking_stalls(stalls, sites, laggy) + gc_finding
+        )
+    if waits:
+        waiting.append(
+            _waited(
+                "loop waits",
+                waits,
+                captured,
+                f"in the loop's own entry (`{waits[0]['blocked_in']}`), with no Python frame running on it",
+                "the loop's thread waiting for the GIL (worker threads held it) or for a CPU, not a call that "
+                "blocks. They show the server CPU-bound; the worker-thread and knee findings say where.",
+            )
+        )
+    if waiting and not sites:  # the lag is the collector's or the CPU's
+        return waiting
+    return _blocking_stalls(stalls, sites, laggy) + waiting
+
+
+def _waited(kind: str, sites: list[dict[str, Any]], captured: int, what: str, why: str) -> Finding:
+    count = sum(site["stalls"] for site in sites)
+    total = sum(site["lag_ms_total"] for site in sites)
+    worst = max(site["lag_ms_max"] for site in sites)
+    return Finding(
+        kind=kind,
+        problem=False,
+        text=f"{count} of the {captured} stalls the watchdog caught were {what} ({total:,.0f} ms of lag in all, "
+        f"worst {worst:,.0f} ms): {why}",
+        patterns=[],
+    )
 
 
 def _blocking_stalls(

@@ -286,8 +286,8 @@ def _stalls(records: list[VariantRecord]) -> list[str]:
         return []
     lines = [
         f"**What blocked the event loop** (the stack watchdog: while the loop is over {analysis.STALL_MS:g} ms late, "
-        "a thread reads its stack; each stall is credited to the line of the suite's code it was on, or to the "
-        "garbage collection it was inside):",
+        "a thread reads its stack; each stall is credited to the line of the suite's code it was on, to the "
+        "garbage collection it was inside, or to the loop's own entry when no Python code ran on the loop):",
         "",
         "| variant | stalls caught | line | function | code | share of stalls | lag per stall ms |",
         "|---|--:|---|---|---|--:|--:|",
@@ -303,13 +303,17 @@ def _stalls(records: list[VariantRecord]) -> list[str]:
 
 
 GC_SITE = "full garbage collection (the collector ran on the loop)"
+LOOP_WAIT_SITE = "the loop's own entry, no Python frame running (its thread waiting for the GIL or a CPU)"
 
 
 def _stall_site(site: StallSite) -> str:
     """The line, function and code cells of a stall site. A stall caught in the
-    instruments' gc callback is the collector's pause, not the instruments' own cost."""
+    instruments' gc callback is the collector's pause, not the instruments' own cost; one
+    with only the loop's entry on its stack ran no code of the variant's."""
     if analysis.is_gc_collection(site):
         return f"{GC_SITE} | |"
+    if analysis.is_loop_wait(site):
+        return f"{LOOP_WAIT_SITE} | `{site['function']}` |"
     code = site["code"].replace("|", "\\|")  # a table cell
     return f"`{site['where']}` | `{site['function']}` | `{code}`"
 

@@ -924,6 +924,25 @@ def write_summary(plan: RunPlan, samples: list[SampleRecord]) -> None:
     analysis.write_summary(plan.run_dir, plan.scenario.to_dict(), samples, plan.pairs, plan.knobs)
 
 
+# summary.json is rebuilt from every sample so far, so its cost grows with the run (over a
+# second per sample late in a default run of 270): during the run it is rewritten at most
+# this often, and always once the run ends, however it ends (run's `finally`). Each
+# sample's own files are complete as soon as it is measured, and `bench.py report`
+# rebuilds the summary from them.
+SUMMARY_EVERY_S = 30.0
+
+
+@dataclass
+class SummaryCadence:
+    every_s: float = SUMMARY_EVERY_S
+    last: float = -math.inf
+
+    def after_sample(self, plan: RunPlan, samples: list[SampleRecord]) -> None:
+        if time.monotonic() - self.last >= self.every_s:
+            write_summary(plan, samples)
+            self.last = time.monotonic()
+
+
 def _completed(folder: Path) -> bool:
     try:
         return bool(store.read_json(folder / "sample.json").get("status") == "ok")
@@ -932,10 +951,15 @@ def _completed(folder: Path) -> bool:
 
 
 def _measure_one(
-    plan: RunPlan, db: Database, sample: Sample, progress: Progress, samples: list[SampleRecord]
+    plan: RunPlan,
+    db: Database,
+    sample: Sample,
+    progress: Progress,
+    samples: list[SampleRecord],
+    cadence: SummaryCadence,
 ) -> SampleRecord:
-    """One sample, kept from an earlier attempt when resuming; the summary is rewritten
-    after each, so a crash leaves every completed sample counted."""
+    """One sample, kept from an earlier attempt when resuming; its files are complete
+    before the next starts, and the summary follows at its cadence."""
     progress.step(f"{sample.pair.name}/{sample.variant.name}", sample.id)
     folder = store.variant_dir(plan.run_dir, sample.pair.name, sample.variant.name) / sample.id
     if plan.resume and _completed(folder):
@@ -945,7 +969,7 @@ def _measure_one(
         shutil.rmtree(folder, ignore_errors=True)  # a half-measured sample starts over
         record = measure_sample(plan, db, sample, progress)
     samples.append(record)
-    write_summary(plan, samples)
+    cadence.after_sample(plan, samples)
     return record
 
 
@@ -1006,10 +1030,11 @@ def _measure_all(
         return stats.CONFIDENCE if name in controls else stats.confidence_at(looks, levels, blocks)
 
     seconds = dict.fromkeys((pair.name for pair in plan.pairs), 0.0)
+    cadence = SummaryCadence()
     soaks = [sample for sample in fixed if sample.mode == "soak"]
     for sample in (sample for sample in fixed if sample.mode != "soak"):
         began = time.monotonic()
-        _measure_one(plan, db, sample, progress, samples)
+        _measure_one(plan, db, sample, progress, samples, cadence)
         seconds[sample.pair.name] += time.monotonic() - began
     # More blocks where an interval still straddles its threshold, look by look, while
     # the budget lasts (the soaks' time is set aside for them).
@@ -1048,10 +1073,10 @@ def _measure_all(
         )
         for sample in extra:
             began = time.monotonic()
-            _measure_one(plan, db, sample, progress, samples)
+            _measure_one(plan, db, sample, progress, samples, cadence)
             seconds[sample.pair.name] += time.monotonic() - began
     for sample in soaks:
-        _measure_one(plan, db, sample, progress, samples)
+        _measure_one(plan, db, sample, progress, samples, cadence)
 
 
 def run(plan: RunPlan, db: Database | None = None) -> Path:

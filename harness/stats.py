@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95
 SPREAD_WARNING = 0.10  # warn when the standard deviation over repeats is this share of the mean
@@ -78,6 +77,8 @@ def t_interval(values: Sequence[float | None], confidence: float = CONFIDENCE) -
     error = float(np.std(known, ddof=1)) / np.sqrt(n)
     if error == 0:
         return Interval(mean, mean, mean, n, confidence, 1.0 if mean == 0 else 0.0)
+    from scipy import stats as scipy_stats  # here, not at import: it costs the command line a second
+
     half = float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * error
     p_value = float(2 * scipy_stats.t.sf(abs(mean) / error, n - 1))
     return Interval(mean, mean - half, mean + half, n, confidence, p_value)
@@ -109,6 +110,8 @@ def welch_log_ratio_interval(
     bottom = np.log([v for v in _clean(denominator) if v > 0])
     if len(top) < 2 or len(bottom) < 2:
         return None
+    from scipy import stats as scipy_stats
+
     found = scipy_stats.ttest_ind(top, bottom, equal_var=False)
     difference = float(np.mean(top) - np.mean(bottom))
     if not np.isfinite(found.statistic):  # no spread on either side

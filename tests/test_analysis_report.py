@@ -287,6 +287,18 @@ def test_a_stall_in_the_instruments_gc_callback_is_shown_as_a_collection() -> No
     assert not analysis.is_gc_collection({"file": "/app/crud.py", "where": "app/crud.py:2", "function": "_callback"})
 
 
+def test_a_stall_with_only_the_loops_entry_on_its_stack_is_shown_as_a_wait_not_a_line() -> None:
+    runners = "/usr/lib/python3.11/asyncio/runners.py:118"
+    wait = {"where": runners, "function": "run", "code": "return self._loop.run_until_complete(task)",
+            "blocked_in": f"{runners} run", "stalls": 4, "lag_ms_total": 180.0}  # fmt: skip
+    called = wait | {"where": "apps/deps/app.py:41", "function": "blocking_dep", "code": "time.sleep(0.1)"}
+    record = {"variant": "sync-dep", "stalls_caught": 5, "stall_sites": [wait, called]}
+    rows = [line for line in report._stalls([record]) if line.startswith("| `sync-dep`")]  # type: ignore[list-item]
+    assert rows[0].split(" | ")[2] == report.LOOP_WAIT_SITE and "run_until_complete" not in rows[0]
+    assert "`apps/deps/app.py:41`" in rows[1]  # the variant's line above the loop's entry is the variant's
+    assert not analysis.is_loop_wait(wait | {"blocked_in": "/venv/psycopg2/extras.py:12 execute"})
+
+
 def test_each_variant_shades_its_own_warm_up(tmp_path: Path) -> None:
     for variant, warmup_s in (("sync-dep", 2.0), ("async-dep", 9.5)):
         folder = write_variant(tmp_path, "deps", variant, "bad")
@@ -317,3 +329,22 @@ def test_a_figure_that_rounds_to_zero_prints_without_a_sign() -> None:
     """A fitted slope of -1e-13 (a flat line, up to rounding) is 0.0; a real negative stays negative."""
     assert [report._num(v, 1) for v in (-1e-13, 1e-13, -0.06, 1234.56)] == ["0.0", "0.0", "-0.1", "1,234.6"]
     assert report._num(None) == report._num(float("nan")) == "n/a"
+
+
+def test_stored_samples_follow_pair_variant_and_block_order_whatever_order_they_ran_in() -> None:
+    pairs = [discover()[name] for name in ("deps", "blocking")]
+    ran = [
+        (pair.name, variant.name, f"closed-u50-b{block}")
+        for block in (10, 2, 1)
+        for pair in reversed(pairs)
+        for variant in reversed(pair.variants)
+    ]
+    samples = [{"pair": p, "variant": v, "sample": s} for p, v, s in ran]
+    stored = [(s["pair"], s["variant"], s["sample"]) for s in analysis.stored_order(samples, pairs)]  # type: ignore[arg-type]
+    expected = [
+        (pair.name, variant.name, f"closed-u50-b{block}")
+        for pair in pairs
+        for variant in pair.variants
+        for block in (1, 2, 10)
+    ]
+    assert stored == expected

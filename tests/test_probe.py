@@ -211,6 +211,49 @@ def test_stalls_inside_garbage_collections_are_information_not_a_blocking_call()
     assert not findings["gc pauses"]["problem"]
 
 
+RUNNERS = "/usr/lib/python3.11/asyncio/runners.py:118"
+# The healthy example at 50 users: the loop inside uvloop's C run, no Python frame of its own.
+LOOP_WAIT = {
+    "file": RUNNERS.split(":")[0], "where": RUNNERS, "function": "run", "in_app": False,
+    "code": "return self._loop.run_until_complete(task)", "blocked_in": f"{RUNNERS} run", "stalls": 11,
+    "lag_ms_total": 521.0, "lag_ms_max": 88.0, "stack": [f"{RUNNERS} run", "/venv/uvicorn/server.py:62 run"],
+}  # fmt: skip
+
+
+def test_a_cpu_bound_server_past_its_knee_waits_for_the_gil_and_that_is_information() -> None:
+    # 40 threads busy and the loop late with nothing of its own on its stack, at a core's worth of CPU.
+    past_knee = {"users": 50, "sample": "closed-u50-b1", "loop_lag_p99_ms": 53.0, "threads_busy_peak": 40,
+                 "threads_busy_mean": 36.2, "server_cpu_pct": 101.8}  # fmt: skip
+    summary = _summary(level=past_knee, stalls={"captured": 13, "missed": 0, "sites": [LOOP_WAIT]})
+    findings = {f["kind"]: f for f in probe_report.diagnose(summary, MANIFEST)}
+    assert [kind for kind, f in findings.items() if f["problem"]] == []
+    assert findings["loop waits"]["text"].startswith("11 of the 13 stalls the watchdog caught were in the loop's own")
+    assert "but the server used 102% CPU" in findings["worker threads"]["text"]
+    # The same threads busy with CPU to spare were waiting on something: a problem, with its pattern.
+    waiting = _summary(level=past_knee | {"server_cpu_pct": 35.0})
+    threads = {f["kind"]: f for f in probe_report.diagnose(waiting, MANIFEST)}["worker threads"]
+    assert threads["problem"] and threads["patterns"] == ["stall", "def_endpoint"]
+    assert "while the server used 35% CPU" in threads["text"]
+    # A machine whose CPUs are all in use (the server at 70% of one of them) is CPU-bound too.
+    crowded = _summary(level=past_knee | {"server_cpu_pct": 70.0, "machine_cpu_pct": 190.0})
+    machine = MANIFEST | {"environment": {"cpu_count": 2}}
+    threads = {f["kind"]: f for f in probe_report.diagnose(crowded, machine)}["worker threads"]
+    assert not threads["problem"] and "used 190% of 200% CPU" in threads["text"]
+
+
+def test_a_loop_wait_beside_a_blocking_call_leaves_the_call_a_problem() -> None:
+    blocking = LOOP_WAIT | {"file": "/app/crud.py", "where": "app/crud.py:2", "function": "get_user", "in_app": True,
+                            "blocked_in": "/venv/psycopg/connection.py:495 wait", "stalls": 30}  # fmt: skip
+    summary = _summary(level={"loop_lag_p99_ms": 60.0}, stalls={"captured": 41, "missed": 0,
+                                                                "sites": [blocking, LOOP_WAIT]})  # fmt: skip
+    findings = {f["kind"]: f for f in probe_report.diagnose(summary, MANIFEST)}
+    assert findings["loop stalls"]["problem"] and "30 of 41 were in `get_user`" in findings["loop stalls"]["text"]
+    assert not findings["loop waits"]["problem"]
+    # A library's own frame innermost (not the loop's entry) is a blocking call, not a wait.
+    assert not analysis.is_loop_wait(blocking | {"where": "/venv/psycopg/connection.py:495"})
+    assert not analysis.is_loop_wait(LOOP_WAIT | {"blocked_in": f"{RUNNERS} main"})
+
+
 def test_diagnosis_names_the_blocking_line_the_exhausted_pool_and_the_busy_threads() -> None:
     site = {
         "where": "app/crud.py:2", "function": "get_user", "code": "db.execute()", "in_app": True,
@@ -822,7 +865,7 @@ def test_probe_names_the_blocking_line_with_its_lag_in_a_run_of_its_own(db: Data
 
 
 # Findings that are information, not a problem: a clean bill may have these.
-INFORMATION = {"knee", "gc pauses", "brief stalls", "pool", "open loop"}
+INFORMATION = {"knee", "gc pauses", "loop waits", "brief stalls", "pool", "open loop"}
 
 
 @pytest.mark.slow

@@ -172,3 +172,17 @@ def test_a_first_look_sizes_every_pairs_window_alike() -> None:
     deciding = plan(None, ["timeouts", "orm_sessions"], min_requests=100, duration_s=0.5)
     assert deciding.scenario_for(timeouts).min_requests == timeouts.load["min_requests"] > 100
     assert deciding.scenario_for(leak).duration_s == leak.load["duration_s"] > 0.5
+
+
+def test_the_summary_is_rewritten_at_its_cadence_not_after_every_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    written: list[int] = []
+    monkeypatch.setattr(runner, "write_summary", lambda plan, samples: written.append(len(samples)))
+    clock = [100.0]
+    monkeypatch.setattr(runner.time, "monotonic", lambda: clock[0])
+    cadence = runner.SummaryCadence(every_s=30.0)
+    samples: list[Any] = []
+    for step in range(6):  # a sample every 10 s
+        samples.append({"sample": step})
+        cadence.after_sample(None, samples)  # type: ignore[arg-type]
+        clock[0] += 10.0
+    assert written == [1, 4]  # the first at once, then once 30 s have passed
