@@ -102,6 +102,7 @@ LOOP_LAG_FLOORED = Metric(
 )
 FAILURE_RATE = Metric("failure rate", "%", _field("failure_rate"), scale=100)
 PEAK_BACKENDS = Metric("peak backends", "", _field("peak_connections"))
+PEAK_ACTIVE = Metric("peak active backends", "", _field("peak_active"))
 NEW_BACKENDS = Metric("new backends per second", "", _field("new_backends_per_s"))
 CPU_PER_REQUEST = Metric(
     "speed-adjusted server CPU per request", "ms", speed_adjusted_cpu, name="server CPU per request"

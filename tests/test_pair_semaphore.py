@@ -30,7 +30,9 @@ def rec(
         "status": "ok",
         "rps": rps,
         "failure_rate": failure_rate,
-        "peak_connections": peak,
+        # Both variants open the whole pool at start-up; what differs is how many run a query.
+        "peak_connections": KNOBS["pool_size"],
+        "peak_active": peak,
         "p99_ms": p99,
         "requests": 1000,
         "counters": {"acquire_timeouts": timeouts} if timeouts else {},
@@ -58,12 +60,12 @@ def test_holds_at_the_default_knobs_its_tail_is_what_its_queue_predicts() -> Non
     # Peak 10 <= 12 and 20 - 10 >= 3; 33 points fewer failures, none of its own; p99 420 ms
     # against twice the 80 x 50 / 10 = 400 ms each request waits.
     assert outcomes == ["clears"] * 6
-    assert verdict.figures["peak_backends_level_semaphore"] == pytest.approx(10)
+    assert verdict.figures["peak_active_backends_level_semaphore"] == pytest.approx(10)
     assert verdict.figures["p99_level_semaphore"] == pytest.approx(420, rel=0.05)
     # The cost against the pool alone is reported, not judged.
     assert verdict.figures["p99_ratio_semaphore_unbounded"] == pytest.approx(2.8, rel=0.05)
     assert verdict.figures["acquire_timeouts_total_unbounded"] == 2000
-    assert verdict.headline.startswith("peak backends `semaphore` 10.0")
+    assert verdict.headline.startswith("peak active backends `semaphore` 10.0")
 
 
 def test_partly_holds_when_its_queue_starves_some_waiters() -> None:
@@ -76,19 +78,18 @@ def test_partly_holds_when_its_queue_starves_some_waiters() -> None:
 def test_the_tail_bound_follows_the_knobs() -> None:
     # A semaphore of 5 halves the rate and doubles the wait: 800 ms, so 1.2 s clears.
     assert (
-        decide(POOL_ALONE, CAPPED | {"rps": 100, "p99_ms": 1200, "peak_connections": 5}, db_concurrency=5).outcome
-        == "holds"
+        decide(POOL_ALONE, CAPPED | {"rps": 100, "p99_ms": 1200, "peak_active": 5}, db_concurrency=5).outcome == "holds"
     )
-    assert decide(POOL_ALONE, CAPPED | {"rps": 100, "p99_ms": 1200, "peak_connections": 5}).outcome == "partly holds"
+    assert decide(POOL_ALONE, CAPPED | {"rps": 100, "p99_ms": 1200, "peak_active": 5}).outcome == "partly holds"
 
 
 def test_the_pool_already_caps_the_backends_when_the_semaphore_is_as_large() -> None:
-    # db_concurrency = pool_size: the same backends; the semaphore only moves the queue.
-    verdict = decide(POOL_ALONE, CAPPED | {"peak_connections": 20, "rps": 390, "p99_ms": 180}, db_concurrency=20)
+    # db_concurrency = pool_size: as many at work; the semaphore only moves the queue.
+    verdict = decide(POOL_ALONE, CAPPED | {"peak_active": 20, "rps": 390, "p99_ms": 180}, db_concurrency=20)
     assert verdict.outcome == "partly holds"
     assert verdict.checks[0]["outcome"] == "clears"
     assert verdict.checks[1]["outcome"] == "no measurable difference"
-    assert verdict.figures["peak_backends_difference_unbounded_semaphore"] == pytest.approx(0)
+    assert verdict.figures["peak_active_backends_difference_unbounded_semaphore"] == pytest.approx(0)
 
 
 def test_does_not_hold_when_the_semaphore_bounds_nothing() -> None:
