@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -16,6 +21,25 @@ from harness.pairs import ROOT
 
 # Overridable so that two test sessions on one machine do not share a data directory.
 TEST_PG_HOME = Path(os.environ.get("BENCH_TEST_PG_HOME", ROOT / ".bench" / "test-pg"))
+
+
+def bench_here(*args: str) -> subprocess.CompletedProcess[str]:
+    """`bench.py ARGS` run inside the test process, from the project folder: its exit
+    status, stdout and stderr as the command gives them. For input refused before anything
+    starts, where a fresh interpreter per case would cost its start-up and imports (1.5 s
+    each) and test nothing more; each test file keeps real `bench.py` processes beside it."""
+    from harness import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        contextlib.chdir(ROOT),
+        mock.patch.object(cli, "raise_on_sigterm", lambda: None),  # not the test process's handler
+        mock.patch.object(sys, "argv", ["bench.py", *args]),  # the commands record it
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        code = cli.main(list(args))
+    return subprocess.CompletedProcess(["bench.py", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from harness import pairs as pairs_mod
 from harness import scenario
 from harness.pairs import ROOT
 from harness.scenario import Scenario
+from tests.conftest import bench_here
 
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:
@@ -63,10 +64,25 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
-    result = bench(*args)
+    result = bench_here(*args)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["frobnicate"], "invalid choice"),
+        (["run", "--pairs", "dep"], "unknown pair 'dep' (did you mean 'deps'?)"),
+        (["run", "--set", "block_ms=100000000"], "--set block_ms must be at most 60000 ms"),
+    ],
+)
+def test_the_command_itself_refuses_bad_input_in_one_line(args: list[str], message: str) -> None:
+    # A real process: nothing it imports writes to stderr, and its exit status is 2.
+    result = bench(*args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -89,7 +105,7 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None
 def test_malformed_scenario_points_at_the_field(tmp_path: Path, toml: str, message: str) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(toml + "\n")
-    result = bench("run", "--scenario", str(bad))
+    result = bench_here("run", "--scenario", str(bad))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr
     assert "Traceback" not in result.stderr
@@ -116,13 +132,13 @@ def test_unreachable_database_hides_password_and_leaves_no_run(tmp_path: Path) -
 
 def test_out_folder_that_is_not_empty_is_refused(tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("mine")
-    result = bench("run", "--out", str(tmp_path))
+    result = bench_here("run", "--out", str(tmp_path))
     assert result.returncode == 2 and "not empty" in result.stderr
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
 def test_report_on_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
-    result = bench("report", str(tmp_path))
+    result = bench_here("report", str(tmp_path))
     assert result.returncode == 2 and "not a run folder" in result.stderr
 
 
@@ -142,7 +158,7 @@ def test_list_names_every_pair_and_claim() -> None:
 def test_output_folder_that_cannot_be_created(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    result = bench("run", "--out", str(blocker / "run"))
+    result = bench_here("run", "--out", str(blocker / "run"))
     assert result.returncode == 2 and "cannot write to" in result.stderr
 
 
@@ -152,6 +168,6 @@ def test_dsn_pointing_at_a_port_that_is_not_postgres() -> None:
         other.listen()
         port = other.getsockname()[1]
         threading.Thread(target=lambda: other.accept()[0].close(), daemon=True).start()
-        result = bench("run", "--dsn", f"postgresql://bench:pw@127.0.0.1:{port}/bench")
+        result = bench_here("run", "--dsn", f"postgresql://bench:pw@127.0.0.1:{port}/bench")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert f"cannot reach PostgreSQL at postgresql://bench:***@127.0.0.1:{port}/bench" in result.stderr

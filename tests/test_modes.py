@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 
 from harness.database import Database
+from tests.conftest import bench_here
 from tests.test_end_to_end import bench, processes_of_run
 
 SHORT = """
 users = 10
 spawn_rate = 10
-warmup_s = 1
+warmup_s = 0.5
 duration_s = 2
 rows = 1000
 """
@@ -108,11 +109,11 @@ def test_locust_workers_match_a_single_process_and_compare_reads_both(db: Databa
     sample = workers_dir / "blocking" / "async-to-thread" / two["sample"]
     assert (sample / "locust-worker-1.log").is_file() and (sample / "locust-worker-2.log").is_file()
     assert len(list(sample.glob("tally-*.json"))) == 2, "each worker writes its own tally"
-    result = bench("compare", str(single_dir), str(workers_dir))
+    result = bench_here("compare", str(single_dir), str(workers_dir))
     assert result.returncode == 0, result.stderr
     assert "blocking/async-to-thread" in result.stdout and "locust_workers" in result.stdout
-    failing = bench("compare", str(single_dir), str(workers_dir), "--fail-above", "0.0001")
+    failing = bench_here("compare", str(single_dir), str(workers_dir), "--fail-above", "0.0001")
     assert failing.returncode in (0, 1) and ("regression:" in failing.stderr) == (failing.returncode == 1)
     # A run against itself has nothing worse, whatever the threshold.
-    same = bench("compare", str(single_dir), str(single_dir), "--fail-above", "0.0001")
+    same = bench_here("compare", str(single_dir), str(single_dir), "--fail-above", "0.0001")
     assert same.returncode == 0 and "regression:" not in same.stderr, same.stderr
