@@ -284,9 +284,9 @@ def is_loop_wait(site: Mapping[str, Any]) -> bool:
     Takes the probe's sites and the suite's: both name their innermost frame in
     `blocked_in` ("path:line function")."""
     where, _, function = str(site.get("blocked_in") or "").rpartition(" ")
-    file = where.rpartition(":")[0].replace(os.sep, "/")
     if where != site.get("where"):  # the site is a frame of the app's or the suite's above the innermost
         return False
+    file = where.rpartition(":")[0].replace(os.sep, "/")
     return any(file.endswith("/" + entry) and function == name for entry, name in LOOP_ENTRIES)
 
 

@@ -229,7 +229,7 @@ def _stalls(summary: dict[str, Any], records: list[dict[str, Any]]) -> list[Find
     every_site = stalls.get("sites") or []
     collections = [site for site in every_site if analysis.is_gc_collection(site)]
     waits = [site for site in every_site if analysis.is_loop_wait(site)]
-    sites = [site for site in every_site if site not in collections and site not in waits]
+    sites = [s for s in every_site if not analysis.is_gc_collection(s) and not analysis.is_loop_wait(s)]
     laggy = _worst(records, "loop_lag_p99_ms")
     captured = stalls.get("captured") or sum(site["stalls"] for site in every_site)
     waiting = []
@@ -251,7 +251,8 @@ def _stalls(summary: dict[str, Any], records: list[dict[str, Any]]) -> list[Find
                 captured,
                 f"in the loop's own entry (`{waits[0]['blocked_in']}`), with no Python frame running on it",
                 "the loop's thread waiting for the GIL (worker threads held it) or for a CPU, not a call that "
-                "blocks. They show the server CPU-bound; the worker-thread and knee findings say where.",
+                "blocks. They show a busy server (its CPU, or its GIL held by worker threads); the worker-thread and "
+                "knee findings say which.",
             )
         )
     if waiting and not sites:  # the lag is the collector's or the CPU's
