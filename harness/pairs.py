@@ -100,6 +100,9 @@ class Pair:
     # they replace the scenario's for this pair and the report says so.
     load: dict[str, float] = field(default_factory=dict)
     upstream: bool = False  # start the stub upstream (harness.upstream) beside each variant
+    # Start each server in a fresh interpreter, not forked from the preloaded fork server
+    # (harness.forkserver): for a pair whose claim is about what happens at start-up.
+    fresh_interpreter: bool = False
     references: tuple[str, ...] = ()  # upstream issues and PRs behind the mechanism
     sweep_label: str = ""  # the x axis of a sweep pair's chart, e.g. "middleware layers"
     # Open loop: the request rate (per second, from the knobs in force) at which scenarios

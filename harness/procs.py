@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Generic, TypeVar
 
+from harness.forkserver import ForkedChild, ForkServer
 from harness.pairs import BenchError
 
 T = TypeVar("T")
@@ -81,13 +82,23 @@ class Service(Generic[T]):
 class ManagedProcess(Service["ManagedProcess"]):
     """A child in its own session, so Ctrl-C reaches only the runner, which stops it."""
 
-    def __init__(self, name: str, argv: Sequence[str], log: Path, env: Mapping[str, str], cwd: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log: Path,
+        env: Mapping[str, str],
+        cwd: Path,
+        forkserver: ForkServer | None = None,
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log = log
         self.env = dict(env)
         self.cwd = cwd
-        self.proc: subprocess.Popen[bytes] | None = None
+        # Forked from the run's preloaded fork server (harness.forkserver) where given.
+        self.forkserver = forkserver
+        self.proc: subprocess.Popen[bytes] | ForkedChild | None = None
         # Started for this process's sake (e.g. its stub upstream); stopped after it.
         self.companions: list[ManagedProcess] = []
         # How long a stop waits after SIGTERM before SIGKILL, where this process's own
@@ -103,6 +114,12 @@ class ManagedProcess(Service["ManagedProcess"]):
         if self.proc is not None:  # a second start would orphan the first process
             raise RuntimeError(f"{self.name} was already started")
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        if self.forkserver is not None:
+            try:
+                self.proc = self.forkserver.spawn(self.argv, self.env, self.cwd, self.log)
+                return self
+            except OSError as err:  # the fork server has gone: start it the usual way
+                print(f"note: {self.name} started without the fork server ({err})", file=sys.stderr)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv,

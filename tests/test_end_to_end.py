@@ -30,12 +30,15 @@ def bench(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     )  # fmt: skip
 
 
-def processes_of_run(marker: str) -> list[str]:
+def processes_of_run(marker: str, owner: int | None = None) -> list[str]:
+    """Processes a run left behind: by its output folder, by the programs it starts, and
+    (servers forked from the fork server keep its command line) by its fork server's owner."""
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
         if (
             marker in cmdline
+            or (owner is not None and "harness.forkserver" in cmdline and f"--owner {owner}" in cmdline)
             or "locustfile.py" in cmdline
             or ("uvicorn" in cmdline and ("apps." in cmdline or "harness.upstream" in cmdline))
         ):
@@ -155,7 +158,7 @@ def test_sigterm_mid_run_keeps_completed_variants_and_leaves_no_process(db: Data
     sample = out / "blocking" / "async-to-thread" / "closed-u10-b1" / "sample.json"
     assert json.loads(sample.read_text())["error"] == "interrupted"
     time.sleep(1)
-    assert processes_of_run(str(out)) == []
+    assert processes_of_run(str(out), proc.pid) == []
     kept = summary["variants"][0]
 
     # --resume measures only what is missing and completes the run.

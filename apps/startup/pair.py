@@ -111,5 +111,6 @@ PAIR = Pair(
     rule=rule,
     knobs={"pool_size": 10},
     order=80,
+    fresh_interpreter=True,
     references=("starlette#2070", "starlette#3117"),
 )
