@@ -3,7 +3,8 @@ once (fastapi, uvicorn, pydantic, SQLAlchemy, the drivers), another Locust, and 
 then forks a child for every `python -m <module> ...` it is asked to run, as gunicorn's
 preload_app does. Measured on the 2-core machine: a variant's app imports in 0.70 s in
 a fresh interpreter and in 0.07 s in a fork; a sample's server answered /ping in a
-median 0.28 s instead of 1.01 s.
+median 0.31 s instead of 1.01 s (`timings.start` in results/20261208-020659-default
+and results/20261208-001248-default).
 
 The child is set up as the spawned process would be (its own session, its log on
 stdout and stderr, stdin from /dev/null, the environment, working directory, sys.path

@@ -166,7 +166,9 @@ PAIR = Pair(
     order=100,
     # Its differences are a few percent of CPU per request: at 2 s windows a block's
     # log-ratio varied by 0.05-0.15 and 3 blocks did not decide in two runs of three; at
-    # 6 s it varied by 0.04 and 6 blocks decided (results/20261207-234557-speedups-6s).
+    # 6 s it varied by 0.04-0.08, and 3 blocks decided in one run of two
+    # (results/20261208-020659-default, -023530-default), 6 blocks in both experiments
+    # (results/20261207-234557-speedups-6s, results/20261208-speedups-6blocks-no-httptools).
     load={"duration_s": 6},
     references=("fastapi#14962", "fastapi#14964"),
 )
